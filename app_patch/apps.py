@@ -1,0 +1,22 @@
+from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
+
+from .errors import ConfigurationError
+
+
+class AppPatchConfig(AppConfig):
+    name = "blipguard.app_patch"
+    label = "blipguard_app_patch"
+    verbose_name = "blipguard app patch"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401 - registers the system checks
+        from .config import from_django
+        from .patcher import install
+
+        try:
+            config = from_django()
+        except ConfigurationError as e:
+            raise ImproperlyConfigured(str(e)) from e
+        if config.auto_patch:
+            install(config)

@@ -1,0 +1,116 @@
+"""The ``BLIPGUARD`` Django setting: defaults, validation with specific errors."""
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigurationError
+
+DEFAULT_TARGETS = {
+    "STATE_MANAGER": "ami.ml.orchestration.async_job_state.AsyncJobStateManager",
+    "RESULT_TASK": "ami.jobs.tasks.process_nats_pipeline_result",
+    "TASKS_MODULE": "ami.jobs.tasks",
+    "QUEUE_MANAGER": "ami.ml.orchestration.nats_queue.TaskQueueManager",
+    "JOB_MODEL": "ami.jobs.models.Job",
+}
+# Helper functions the patched task calls, looked up on TASKS_MODULE at call time.
+DEFAULT_HELPERS = {
+    "FAIL_JOB": "_fail_job",
+    "ACK": "_ack_task_via_nats",
+    "UPDATE_PROGRESS": "_update_job_progress",
+    "SAVE_RESULTS": "save_results",
+}
+DEFAULTS = {
+    "AUTO_PATCH": True,  # patch the host at start-up (INSTALLED_APPS)
+    "FORCE": False,  # patch even when the host already has an equivalent fix
+    "TARGETS": DEFAULT_TARGETS,
+    "HELPERS": DEFAULT_HELPERS,
+    "ACK_WAIT_SETTING": "NATS_TASK_TTR",  # the host setting holding the consumer ack_wait
+    "ACK_WAIT": None,  # seconds; overrides ACK_WAIT_SETTING
+    "MAX_RETRIES": 6,
+    "BACKOFF_BASE": 1.0,
+    "BACKOFF_MAX": 30.0,
+    "RETRY_BUDGET_FRACTION": 0.8,  # share of ack_wait the whole retry window may use
+    "ACK_TIMEOUT": 5.0,  # seconds to wait for JetStream to confirm an ack
+    "RESULT_QUEUE": "ml_results",
+    "CACHE_ALIAS": "default",  # the django-redis cache holding the job state
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    auto_patch: bool
+    force: bool
+    targets: dict = field(default_factory=dict)
+    helpers: dict = field(default_factory=dict)
+    ack_wait_setting: str = "NATS_TASK_TTR"
+    ack_wait: float | None = None
+    max_retries: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    retry_budget_fraction: float = 0.8
+    ack_timeout: float = 5.0
+    result_queue: str = "ml_results"
+    cache_alias: str = "default"
+
+
+def _number(raw: dict, key: str, kind=float, minimum=0.0, allow_none=False):
+    value = raw[key]
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"BLIPGUARD['{key}'] must be a number, got {value!r}")
+    if value < minimum:
+        raise ConfigurationError(f"BLIPGUARD['{key}'] must be >= {minimum}, got {value!r}")
+    if kind is int and int(value) != value:
+        raise ConfigurationError(f"BLIPGUARD['{key}'] must be a whole number, got {value!r}")
+    return kind(value)
+
+
+def _mapping(raw: dict, key: str, defaults: dict) -> dict:
+    value = raw[key]
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"BLIPGUARD['{key}'] must be a dict, got {type(value).__name__}")
+    unknown = set(value) - set(defaults)
+    if unknown:
+        raise ConfigurationError(
+            f"BLIPGUARD['{key}'] has unknown keys {sorted(unknown)}; known keys: {sorted(defaults)}"
+        )
+    merged = {**defaults, **value}
+    for k, v in merged.items():
+        if not isinstance(v, str) or not v:
+            raise ConfigurationError(f"BLIPGUARD['{key}']['{k}'] must be a non-empty string, got {v!r}")
+    return merged
+
+
+def parse(raw: dict | None) -> Config:
+    raw = dict(raw or {})
+    unknown = set(raw) - set(DEFAULTS)
+    if unknown:
+        raise ConfigurationError(f"BLIPGUARD has unknown keys {sorted(unknown)}; known keys: {sorted(DEFAULTS)}")
+    raw = {**DEFAULTS, **raw}
+    for key in ("AUTO_PATCH", "FORCE"):
+        if not isinstance(raw[key], bool):
+            raise ConfigurationError(f"BLIPGUARD['{key}'] must be True or False, got {raw[key]!r}")
+    for key in ("ACK_WAIT_SETTING", "RESULT_QUEUE", "CACHE_ALIAS"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise ConfigurationError(f"BLIPGUARD['{key}'] must be a non-empty string, got {raw[key]!r}")
+    return Config(
+        auto_patch=raw["AUTO_PATCH"],
+        force=raw["FORCE"],
+        targets=_mapping(raw, "TARGETS", DEFAULT_TARGETS),
+        helpers=_mapping(raw, "HELPERS", DEFAULT_HELPERS),
+        ack_wait_setting=raw["ACK_WAIT_SETTING"],
+        ack_wait=_number(raw, "ACK_WAIT", minimum=1.0, allow_none=True),
+        max_retries=_number(raw, "MAX_RETRIES", int, 0),
+        backoff_base=_number(raw, "BACKOFF_BASE", minimum=0.001),
+        backoff_max=_number(raw, "BACKOFF_MAX", minimum=0.001),
+        retry_budget_fraction=_number(raw, "RETRY_BUDGET_FRACTION", minimum=0.01),
+        ack_timeout=_number(raw, "ACK_TIMEOUT", minimum=0.01),
+        result_queue=raw["RESULT_QUEUE"],
+        cache_alias=raw["CACHE_ALIAS"],
+    )
+
+
+def from_django() -> Config:
+    from django.conf import settings
+
+    return parse(getattr(settings, "BLIPGUARD", None))

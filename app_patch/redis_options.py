@@ -1,0 +1,97 @@
+"""Redis client settings that really reach the connection.
+
+django-redis passes only PASSWORD, SOCKET_TIMEOUT and SOCKET_CONNECT_TIMEOUT from
+``OPTIONS`` to the connection and silently ignores other keys there; everything else has
+to go through ``CONNECTION_POOL_KWARGS``. Use :func:`cache_options` for the cache that
+holds the job state; the system checks (checks.py) verify the live connection.
+"""
+
+import logging
+import socket
+
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .context import current_job_id
+from .errors import describe
+
+logger = logging.getLogger(__name__)
+
+
+class ReportingRetry(Retry):
+    """redis-py's Retry that also writes each connection-level retry to the current
+    job's log, so a blip absorbed by the client is still visible to the user."""
+
+    def call_with_retry(self, do, fail, *args, **kwargs):
+        failures = 0
+
+        def reporting_fail(error, *rest):
+            nonlocal failures
+            failures += 1
+            _report(error, failures, self._retries)
+            return fail(error, *rest)
+
+        return super().call_with_retry(do, reporting_fail, *args, **kwargs)
+
+
+def _report(error: Exception, failure: int, retries: int) -> None:
+    job_id = current_job_id.get()
+    will_retry = failure <= retries
+    what = f"the Redis client retried (retry {failure} of {retries})" if will_retry else "the Redis client gave up"
+    message = f"Redis connection error: {describe(error)}; {what}."
+    if job_id is None:
+        logger.warning(message)
+        return
+    try:
+        from .host import current_host
+
+        current_host().job_logger(job_id).warning(message)
+    except Exception:
+        logger.warning("job %s: %s", job_id, message)
+
+
+def keepalive_options(idle: int = 60, interval: int = 10, count: int = 3) -> dict:
+    return {socket.TCP_KEEPIDLE: idle, socket.TCP_KEEPINTVL: interval, socket.TCP_KEEPCNT: count}
+
+
+def connection_pool_kwargs(
+    keepalive_idle: int = 60,
+    keepalive_interval: int = 10,
+    keepalive_count: int = 3,
+    health_check_interval: int = 30,
+    retries: int = 3,
+    backoff_base: float = 0.05,
+    backoff_cap: float = 1.0,
+) -> dict:
+    """Pool kwargs: TCP keepalive, health checks, retry with backoff on connection errors."""
+    return {
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(keepalive_idle, keepalive_interval, keepalive_count),
+        "health_check_interval": health_check_interval,
+        "retry": ReportingRetry(ExponentialBackoff(cap=backoff_cap, base=backoff_base), retries),
+        # Pipelines (MULTI/EXEC) retry only on errors listed here.
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def cache_options(socket_timeout: float = 5.0, connect_timeout: float = 3.0, **pool_kwargs) -> dict:
+    """``CACHES[alias]["OPTIONS"]`` for a django-redis cache that holds job state."""
+    return {
+        "CLIENT_CLASS": "django_redis.client.DefaultClient",
+        "SOCKET_TIMEOUT": socket_timeout,
+        "SOCKET_CONNECT_TIMEOUT": connect_timeout,
+        "CONNECTION_POOL_KWARGS": connection_pool_kwargs(**pool_kwargs),
+    }
+
+
+def worst_attempt_seconds(connection_kwargs: dict) -> float:
+    """How long one Redis command can block, retries included (0 when unbounded)."""
+    timeout = connection_kwargs.get("socket_timeout") or 0.0
+    connect = connection_kwargs.get("socket_connect_timeout") or timeout
+    retry = connection_kwargs.get("retry")
+    retries = max(getattr(retry, "_retries", 0), 0) if retry is not None else 0
+    backoff = getattr(retry, "_backoff", None)
+    cap = getattr(backoff, "_cap", 0.0) if backoff is not None else 0.0
+    return (retries + 1) * (timeout + connect) + retries * cap

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need, idempotently, on Debian 12:
+# Debian servers, and two virtualenvs: .venv (current releases) and .venv-pinned
+# (the releases the reference platform pins, constraints/pinned.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+make_venv() {  # make_venv DIR [pip args...]
+    local dir=$1; shift
+    local stamp="$dir/.blipguard-stamp"
+    local want
+    want=$(cat pyproject.toml setup.py constraints/pinned.txt | sha256sum | cut -c1-16)"$*"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return
+    fi
+    echo "setup: preparing $dir"
+    [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]" "$@"
+    echo "$want" >"$stamp"
+}
+
+make_venv "$ROOT/.venv"
+make_venv "$ROOT/.venv-pinned" -c "$ROOT/constraints/pinned.txt"

@@ -1,0 +1,162 @@
+"""A real RabbitMQ node (plus its own epmd) on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import amqp
+from kombu import Connection
+
+from .procs import BackgroundThread, free_port, log_tail, spawn, stop_pid, wait_until
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+EPMD = "/usr/bin/epmd"
+
+
+class RabbitMQServer:
+    """rabbitmq-server started directly; durable queues survive ``restart()``."""
+
+    def __init__(self, workdir: Path, start_timeout: float = 60.0) -> None:
+        self.workdir = Path(workdir)
+        self.start_timeout = start_timeout
+        self.port = 0
+        self.dist_port = 0
+        self.epmd_port = 0
+        self.proc: subprocess.Popen | None = None
+        self.epmd_proc: subprocess.Popen | None = None
+        self._lock = threading.RLock()
+        self.log_path = self.workdir / "rabbitmq.out"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def epmd_pid(self) -> int | None:
+        return self.epmd_proc.pid if self.epmd_proc else None
+
+    @property
+    def nodename(self) -> str:
+        return f"bg{self.port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def _env(self) -> dict[str, str]:
+        w = self.workdir
+        for sub in ("home", "mnesia", "log"):
+            (w / sub).mkdir(parents=True, exist_ok=True)
+        (w / "enabled_plugins").write_text("[].\n")
+        (w / "rabbitmq.conf").write_text("")
+        (w / "rabbitmq-env.conf").write_text("")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update({
+            "HOME": str(w / "home"),
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": str(w / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(w / "log"),
+            "RABBITMQ_CONFIG_FILE": str(w / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(w / "rabbitmq.pid"),
+            "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
+            # we run epmd ourselves (stopped by PID); erl must not start one
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
+        })
+        return env
+
+    def amqp_ok(self) -> bool:
+        # py-amqp directly: kombu's connect() retries with a 2 s back-off
+        try:
+            conn = amqp.Connection(host=f"127.0.0.1:{self.port}", connect_timeout=1)
+            conn.connect()
+            conn.close()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"rabbitmq-server exited:\n{log_tail(self.log_path)}")
+        return self.amqp_ok()
+
+    def _start_epmd(self, env: dict[str, str]) -> None:
+        argv = [EPMD, "-port", str(self.epmd_port), "-address", "127.0.0.1"]
+        self.epmd_proc = spawn(argv, self.workdir / "epmd.log", env=env)
+
+        def listening() -> bool:
+            if self.epmd_proc is not None and self.epmd_proc.poll() is not None:
+                raise RuntimeError(f"epmd exited:\n{log_tail(self.workdir / 'epmd.log')}")
+            try:
+                socket.create_connection(("127.0.0.1", self.epmd_port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, 5, f"epmd on port {self.epmd_port}", 0.01)
+
+    def start(self) -> None:
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                return
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.port = self.port or free_port()
+            self.dist_port = self.dist_port or free_port()
+            self.epmd_port = self.epmd_port or free_port()
+            env = self._env()
+            self._start_epmd(env)
+            self.proc = spawn([RABBITMQ_SERVER], self.log_path, env=env, cwd=self.workdir)
+            wait_until(self._ready, self.start_timeout, f"rabbitmq on port {self.port}", 0.05)
+
+    def stop(self) -> None:
+        with self._lock:
+            proc, self.proc = self.proc, None
+            epmd, self.epmd_proc = self.epmd_proc, None
+            if proc is not None:
+                stop_pid(proc.pid, timeout=20)
+            if epmd is not None:
+                stop_pid(epmd.pid, timeout=5)
+
+    def restart(self, downtime: float = 0.0) -> None:
+        with self._lock:
+            self.stop()
+            if downtime > 0:
+                time.sleep(downtime)
+            self.start()
+
+    def down_for(self, seconds: float) -> threading.Thread:
+        t = BackgroundThread(lambda: self.restart(downtime=seconds), f"rabbit-down-{self.port}")
+        t.start()
+        return t
+
+    def _declare_passive(self, queue: str) -> tuple[int, int]:
+        with Connection(self.url, connect_timeout=5) as conn:
+            channel = conn.channel()
+            try:
+                _, messages, consumers = channel.queue_declare(queue=queue, passive=True)
+                return int(messages), int(consumers)
+            except conn.channel_errors:
+                return 0, 0
+            finally:
+                try:
+                    channel.close()
+                except Exception:  # noqa: BLE001 - channel already closed by NOT_FOUND
+                    pass
+
+    def queue_depth(self, queue: str) -> int:
+        """Ready messages in ``queue`` (0 if it does not exist)."""
+        return self._declare_passive(queue)[0]
+
+    def consumer_count(self, queue: str) -> int:
+        """Consumers on ``queue`` (0 if it does not exist)."""
+        return self._declare_passive(queue)[1]

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MLConfig(AppConfig):
+    name = "ami.ml"
+    label = "ml"
