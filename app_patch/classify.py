@@ -72,6 +72,18 @@ def _nats_transient(exc: BaseException) -> bool | None:
 
 def classify(exc: BaseException) -> Classification:
     """Classify any exception; follows `__cause__` for wrapped errors."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found = _classify_one(current)
+        if found.kind is not Kind.UNEXPECTED or _module_root(current) in ("redis", "nats"):
+            return found
+        current = current.__cause__
+    return Classification(Kind.UNEXPECTED, "")
+
+
+def _classify_one(exc: BaseException) -> Classification:
     if isinstance(exc, TransientDependencyError):
         return Classification(Kind.TRANSIENT, exc.dependency)
     if isinstance(exc, JobStateMissing):
@@ -86,11 +98,6 @@ def classify(exc: BaseException) -> Classification:
         return Classification(Kind.TRANSIENT if verdict else Kind.UNEXPECTED, "nats")
     if isinstance(exc, (ConnectionError, socket.timeout, TimeoutError, asyncio.TimeoutError)):
         return Classification(Kind.TRANSIENT, _guess_dependency(exc))
-    cause = exc.__cause__
-    if cause is not None and cause is not exc:
-        inner = classify(cause)
-        if inner.kind is not Kind.UNEXPECTED:
-            return inner
     return Classification(Kind.UNEXPECTED, "")
 
 

@@ -1,5 +1,6 @@
 """The ``BLIPGUARD`` Django setting: defaults, validation with specific errors."""
 
+import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigurationError
@@ -58,6 +59,8 @@ def _number(raw: dict, key: str, kind=float, minimum=0.0, allow_none=False):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"BLIPGUARD['{key}'] must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"BLIPGUARD['{key}'] must be a finite number, got {value!r}")
     if value < minimum:
         raise ConfigurationError(f"BLIPGUARD['{key}'] must be >= {minimum}, got {value!r}")
     if kind is int and int(value) != value:

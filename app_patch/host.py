@@ -6,6 +6,7 @@ replace a helper on the module) apply to the patched code too.
 
 import importlib
 import logging
+import sys
 
 from .config import Config
 from .errors import ConfigurationError
@@ -14,12 +15,21 @@ _current: "Host | None" = None
 
 
 def resolve(dotted: str):
-    """Import ``pkg.module.attr`` (or a module); ConfigurationError names what is missing."""
+    """Import ``pkg.module.attr`` (or a module); ConfigurationError names what is missing.
+
+    Called on every use (so the host's later changes apply): the fast path is a
+    ``sys.modules`` hit and one getattr.
+    """
+    if dotted in sys.modules:
+        return sys.modules[dotted]
+    module_name, _, attr = dotted.rpartition(".")
+    module = sys.modules.get(module_name)
+    if module is not None and hasattr(module, attr):
+        return getattr(module, attr)
     try:
         return importlib.import_module(dotted)
     except ImportError:
         pass
-    module_name, _, attr = dotted.rpartition(".")
     if not module_name:
         raise ConfigurationError(f"cannot import {dotted!r}")
     try:
@@ -65,8 +75,11 @@ class Host:
     def save_results(self, result: dict, job_id: int):
         return self.helper("SAVE_RESULTS")(result, job_id)
 
-    def job_logger(self, job_id: int) -> logging.Logger:
-        job = self.target("JOB_MODEL").objects.filter(pk=job_id).first()
+    def job(self, job_id: int):
+        return self.target("JOB_MODEL").objects.filter(pk=job_id).first()
+
+    def job_logger(self, job_id: int, job=None) -> logging.Logger:
+        job = job if job is not None else self.job(job_id)
         if job is None:
             return logging.getLogger(f"blipguard.job.{job_id}")
         return job.logger

@@ -74,6 +74,9 @@ def _patch_task(task, host: Host, label: str, report: InstallReport) -> None:
     run.blipguard_original = current
     task.run = run
     task.max_retries = host.config.max_retries
+    # A retry carries its history (first failure time) in one extra keyword argument;
+    # Celery would reject it against the host function's signature.
+    task.typing = False
     report.patched.append(label)
 
 

@@ -27,8 +27,9 @@ FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "CANCELED", "CANCEL
 
 def run(task, job_id: int, result_data, reply_subject: str, blipguard_retry: dict | None = None, **_):
     host = current_host()
-    status, _started = host.job_status_and_start(job_id)
-    job_logger = host.job_logger(job_id)
+    job = host.job(job_id)
+    status = getattr(job, "status", None)
+    job_logger = host.job_logger(job_id, job)
     if status in FINAL_STATUSES:
         # A late or redelivered result for a job that already ended: settle the NATS
         # message so it is not redelivered, change nothing else.

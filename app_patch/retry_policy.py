@@ -67,7 +67,7 @@ def fit_to_ack_wait(
     if policy.max_window <= budget:
         return policy
     fixed = (max_retries + 1) * attempt_max
-    lo, hi = 0.0, cap
+    lo, hi = 0.0, min(cap, budget)  # any cap that fits is at most the budget
     for _ in range(60):  # bisect the largest cap that fits
         mid = (lo + hi) / 2
         if mid > 0 and RetryPolicy(max_retries, min(base, mid), mid, attempt_max).max_window <= budget:

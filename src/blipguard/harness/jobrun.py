@@ -20,6 +20,7 @@ class JobOutcome:
     detections: int
     expected_detections: int
     duplicate_detections: int
+    detections_counter: int  # what the job's progress says it found
     redis_keys: list[str]
     stream_exists: bool
     log: list[str]
@@ -74,6 +75,7 @@ def collect(job_id: int, redis_client, image_ids, error_ids=(), elapsed: float =
         detections=dets.count(),
         expected_detections=expected_detections(ok_ids),
         duplicate_detections=dupes,
+        detections_counter=job.stage("results").get("detections", 0),
         redis_keys=sorted(k.decode() if isinstance(k, bytes) else k for k in redis_client.keys(f"job:{job_id}:*")),
         stream_exists=_stream_exists(job_id),
         log=job.log_messages(),
@@ -127,7 +129,12 @@ def run_job(
     with ProcessingService(
         base_url, job.pk, batch_size=batch_size, threads=sim_threads, error_ids=error_ids, payloads=payloads
     ) as sim:
-        wait_until(status_and_fault, timeout, f"job {job.pk} to reach a final state", interval=0.02)
+        try:
+            wait_until(status_and_fault, timeout, f"job {job.pk} to reach a final state", interval=0.02)
+        except TimeoutError as e:
+            stuck = collect(job.pk, redis_client, image_ids, error_ids, time.monotonic() - t0)
+            tail = "\n  ".join(stuck.log[-15:])
+            raise TimeoutError(f"{e}\n{stuck.summary()}\nsimulator: {sim.errors[-3:]}\njob log tail:\n  {tail}") from None
         elapsed = time.monotonic() - t0
     if fault_thread is not None:
         fault_thread.join(timeout=120)

@@ -1,11 +1,13 @@
 """The processing-service API: reserve tasks, submit results."""
 
+import asyncio
 import json
 
 from asgiref.sync import async_to_sync
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from ami.jobs.models import Job
@@ -47,6 +49,8 @@ def reserve_tasks(request: HttpRequest, job_id: int) -> JsonResponse:
         tasks = async_to_sync(pull)()
     except NotFoundError:
         return JsonResponse({"tasks": [], "error": f"job {job_id} has no task stream"}, status=404)
+    except (NatsError, OSError, asyncio.TimeoutError) as e:
+        return JsonResponse({"tasks": [], "error": f"task queue unavailable: {type(e).__name__}: {e}"}, status=503)
     return JsonResponse({"tasks": tasks})
 
 

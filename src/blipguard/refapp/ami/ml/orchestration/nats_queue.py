@@ -1,5 +1,6 @@
 """One JetStream stream and durable pull consumer per job, one message per image."""
 
+import asyncio
 import json
 import logging
 
@@ -72,7 +73,7 @@ class TaskQueueManager:
         sub = await self.js.pull_subscribe_bind(durable=consumer_name(job_id), stream=stream_name(job_id))
         try:
             msgs = await sub.fetch(count, timeout=timeout)
-        except NatsTimeoutError:
+        except (NatsTimeoutError, asyncio.TimeoutError):
             msgs = []
         finally:
             await sub.unsubscribe()
