@@ -50,6 +50,15 @@ def _patched_update_state(self, processed_image_ids, stage, failed_image_ids=Non
 setattr(_patched_update_state, MARK, True)
 
 
+def _patched_cleanup(self, *args, **kwargs):
+    result = _patched_cleanup.blipguard_original(self, *args, **kwargs)
+    state.cleanup_extra(self)
+    return result
+
+
+setattr(_patched_cleanup, MARK, True)
+
+
 def _patch_attr(owner, name: str, new, label: str, report: InstallReport) -> None:
     current = getattr(owner, name)
     if getattr(current, MARK, False):
@@ -95,6 +104,9 @@ def install(config: Config | None = None) -> InstallReport:
         host.target("STATE_MANAGER"), "update_state", _patched_update_state,
         f"{cfg.targets['STATE_MANAGER']}.update_state", report,
     )
+    _patch_attr(
+        host.target("STATE_MANAGER"), "cleanup", _patched_cleanup, f"{cfg.targets['STATE_MANAGER']}.cleanup", report
+    )
     ack = make_acknowledge_task(lambda: host.config.ack_timeout)
     _patch_attr(
         host.target("QUEUE_MANAGER"), "acknowledge_task", ack, f"{cfg.targets['QUEUE_MANAGER']}.acknowledge_task", report
@@ -108,7 +120,7 @@ def uninstall(config: Config | None = None) -> None:
     """Restore the host's originals (for tests and for switching the fix off at run time)."""
     cfg = config or from_django()
     host = Host(cfg)
-    for key, name in (("STATE_MANAGER", "update_state"), ("QUEUE_MANAGER", "acknowledge_task")):
+    for key, name in (("STATE_MANAGER", "update_state"), ("STATE_MANAGER", "cleanup"), ("QUEUE_MANAGER", "acknowledge_task")):
         owner = host.target(key)
         current = getattr(owner, name)
         if getattr(current, MARK, False):

@@ -11,6 +11,7 @@ class ParsedResult:
     failed_ids: tuple[int, ...]  # the ones the service reports as failed
     error: str | None
     detections: int
+    invalid: bool = False  # the error is ours (a malformed payload), not the service's
 
 
 def _image_id(value, where: str) -> int:

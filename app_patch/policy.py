@@ -14,7 +14,7 @@ def redis_connection_kwargs(alias: str) -> dict:
 
 def policy_for(host) -> RetryPolicy:
     cfg = host.config
-    key = (id(cfg), host.ack_wait())
+    key = (repr(cfg), host.ack_wait())
     if key not in _cache:
         try:
             attempt = worst_attempt_seconds(redis_connection_kwargs(cfg.cache_alias))

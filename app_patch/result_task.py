@@ -37,7 +37,7 @@ def run(task, job_id: int, result_data, reply_subject: str, blipguard_retry: dic
         logger.info("result for job %s ignored: the job is already %s", job_id, status)
         return
     retry_info = dict(blipguard_retry or {})
-    with working_for(job_id):
+    with working_for(job_id, task.request.id):
         try:
             parsed = _parse(host, job_id, result_data, reply_subject, job_logger)
             if parsed is not None:
@@ -71,7 +71,7 @@ def _parse(host: Host, job_id: int, data, reply_subject: str, job_logger) -> Par
             )
             _ack_quietly(host, reply_subject, job_logger)
             return None
-        return ParsedResult((image_id,), (image_id,), f"invalid result: {e.problem}", 0)
+        return ParsedResult((image_id,), (image_id,), e.problem, 0, invalid=True)
 
 
 def _process(host: Host, job_id: int, r: ParsedResult, data, reply_subject: str, job_logger) -> None:
@@ -82,14 +82,13 @@ def _process(host: Host, job_id: int, r: ParsedResult, data, reply_subject: str,
         expected = task_image_id(host, reply_subject)
         if expected is not None and expected not in r.image_ids:
             problem = f"result names image(s) {list(r.image_ids)}, but the task was for image {expected}"
-            return _process(host, job_id, ParsedResult((expected,), (expected,), problem, 0), data, reply_subject, job_logger)
+            invalid = ParsedResult((expected,), (expected,), problem, 0, invalid=True)
+            return _process(host, job_id, invalid, data, reply_subject, job_logger)
     host.update_progress(job_id, "process", p.percentage, processed=p.processed, remaining=p.remaining, failed=p.failed)
     if r.error is not None:
         if p.newly_done:
-            if r.error.startswith("invalid result: "):
-                job_logger.error(messages.invalid_result(r.image_ids[0], r.error.removeprefix("invalid result: ")))
-            else:
-                job_logger.error(messages.service_error(r.image_ids[0], r.error))
+            log = messages.invalid_result if r.invalid else messages.service_error
+            job_logger.error(log(r.image_ids[0], r.error))
     else:
         host.save_results(data, job_id)
     if not host.ack(reply_subject, job_logger):

@@ -4,6 +4,7 @@ import pytest
 
 from blipguard.harness.jobrun import run_job
 from blipguard.localstack import faults
+from blipguard.localstack.procs import wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -57,9 +58,11 @@ def test_redis_stall_past_socket_timeout_is_survived(stack, web, redis_direct, p
 
 
 def test_nats_restart_is_survived(stack, web, redis_direct, patched_workers, queue_empty):
-    outcome = run(stack, web, redis_direct, queue_empty, lambda: faults.nats_down_for(stack, 3.0).join())
+    # Big batches, so results are queued in RabbitMQ (waiting to be acked) when NATS goes.
+    outcome = run(stack, web, redis_direct, queue_empty, lambda: faults.nats_down_for(stack, 3.0).join(), batch_size=60)
     assert_nothing_lost(outcome)
-    assert outcome.log_contains("Transient nats error")
+    assert outcome.log_contains("Transient nats error while acknowledging the task")
+    assert outcome.log_contains("Recovered from a transient nats error")
 
 
 def test_genuine_state_loss_fails_accurately(stack, web, redis_direct, patched_workers, queue_empty):
@@ -78,9 +81,21 @@ def test_genuine_state_loss_fails_accurately(stack, web, redis_direct, patched_w
 
 
 def test_outage_longer_than_retry_window_fails_as_exhausted(stack, web, redis_direct, worker_pool, queue_empty):
+    # A short retry policy and no client-level retries, so the window is small.
     worker_pool.ensure(PATCHED, BLIPGUARD_MAX_RETRIES="2", BLIPGUARD_BACKOFF_BASE="0.5", BLIPGUARD_BACKOFF_MAX="1",
-                       **PATCHED_ENV)
-    outcome = run(stack, web, redis_direct, queue_empty, lambda: faults.redis_down_for(stack, 12.0).join())
+                       BLIPGUARD_REDIS_RETRIES="0", **PATCHED_ENV)
+
+    def outage_until_the_job_fails():
+        # Longer than the retry window by construction: Redis stays down until the job
+        # has given up (deadline 120 s), then comes back.
+        job_id = _running_job_id()
+        stack.redis.stop()
+        try:
+            wait_until(lambda: _status(job_id) == "FAILURE", 120, f"job {job_id} to give up")
+        finally:
+            stack.redis.start()
+
+    outcome = run(stack, web, redis_direct, queue_empty, outage_until_the_job_fails)
     print(outcome.summary())
     assert outcome.status == "FAILURE"
     assert outcome.log_contains("marked as FAILURE: Retries exhausted: gave up after 2 retries over")
@@ -113,6 +128,12 @@ def test_malformed_results_fail_only_their_image(stack, web, redis_direct, patch
     # Everything else arrived exactly once.
     assert outcome.duplicate_detections == 0
     assert outcome.detections == outcome.detections_counter
+
+
+def _status(job_id: int) -> str:
+    from ami.jobs.models import Job
+
+    return Job.objects.get(pk=job_id).status
 
 
 def _running_job_id() -> int:

@@ -16,6 +16,7 @@ CACHES = {
         "OPTIONS": cache_options(
             socket_timeout=float(os.environ.get("BLIPGUARD_SOCKET_TIMEOUT", "5")),
             connect_timeout=float(os.environ.get("BLIPGUARD_CONNECT_TIMEOUT", "3")),
+            retries=int(os.environ.get("BLIPGUARD_REDIS_RETRIES", "3")),
         ),
     }
 }
