@@ -5,6 +5,7 @@ checks read the live connection pool and a live socket, not the settings text.
 Stable ids: blipguard.E0xx errors, blipguard.W0xx warnings (see README).
 """
 
+import inspect
 import socket
 from urllib.parse import urlparse
 
@@ -64,6 +65,14 @@ def check_cache_options(app_configs=None, **kwargs):
     return []
 
 
+def _library_default(pool, name: str):
+    """The connection class's own default (redis-py 8 turns keepalive on, 5.x does not)."""
+    try:
+        return inspect.signature(pool.connection_class.__init__).parameters[name].default
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _pool(alias: str):
     from django_redis import get_redis_connection
 
@@ -75,7 +84,8 @@ def check_connection_kwargs(app_configs=None, **kwargs):
     """What the pool will really give each connection."""
     alias = _cache_alias()
     try:
-        kw = _pool(alias).connection_kwargs
+        pool = _pool(alias)
+        kw = pool.connection_kwargs
     except Exception as e:
         return [checks.Warning(f"cannot build the {alias!r} Redis pool to inspect it: {e}", id="blipguard.W002")]
     found = []
@@ -87,7 +97,7 @@ def check_connection_kwargs(app_configs=None, **kwargs):
         found.append(checks.Warning(
             "the job-state Redis connection has no connect timeout", hint="Set OPTIONS['SOCKET_CONNECT_TIMEOUT'].",
             id="blipguard.W003"))
-    if not kw.get("socket_keepalive"):
+    if not kw.get("socket_keepalive", _library_default(pool, "socket_keepalive")):
         found.append(checks.Error(
             "the job-state Redis connections have no TCP keepalive: idle pooled connections are dropped silently",
             hint="CONNECTION_POOL_KWARGS: socket_keepalive=True with socket_keepalive_options.", id="blipguard.E004"))

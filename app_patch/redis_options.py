@@ -88,10 +88,10 @@ def cache_options(socket_timeout: float = 5.0, connect_timeout: float = 3.0, **p
 
 def worst_attempt_seconds(connection_kwargs: dict) -> float:
     """How long one Redis command can block, retries included (0 when unbounded)."""
-    timeout = connection_kwargs.get("socket_timeout") or 0.0
-    connect = connection_kwargs.get("socket_connect_timeout") or timeout
+    # A try that times out connecting never waits for a reply too: the larger one bounds it.
+    timeout = max(connection_kwargs.get("socket_timeout") or 0.0, connection_kwargs.get("socket_connect_timeout") or 0.0)
     retry = connection_kwargs.get("retry")
     retries = max(getattr(retry, "_retries", 0), 0) if retry is not None else 0
     backoff = getattr(retry, "_backoff", None)
     cap = getattr(backoff, "_cap", 0.0) if backoff is not None else 0.0
-    return (retries + 1) * (timeout + connect) + retries * cap
+    return (retries + 1) * timeout + retries * cap

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== current releases: whole suite"
 .venv/bin/python -m pytest "$@"
-echo "== pinned releases (constraints/pinned.txt): incident and chaos tests"
-.venv-pinned/bin/python -m pytest -m "incident or chaos" "$@"
+echo "== pinned releases (constraints/pinned.txt): incident, chaos and system-check tests"
+.venv-pinned/bin/python -m pytest -m "incident or chaos or checks" "$@"
