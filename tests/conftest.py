@@ -1,13 +1,11 @@
 """Session fixtures: one real local stack, Django in this process, the reference app's
 HTTP API, and Celery workers started per configuration (pre-fix or patched)."""
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from blipguard import refapp
 from blipguard.harness.django_env import app_env, setup_django
 from blipguard.localstack import CeleryWorkers, LocalStack
 

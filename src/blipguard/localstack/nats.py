@@ -6,11 +6,11 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
-from .procs import BackgroundThread, free_port, log_tail, spawn, stop_pid, wait_until
+from .server import ManagedServer
+from .procs import free_port, spawn, stop_pid, wait_until
 
 
 def nats_server_binary() -> str:
@@ -24,7 +24,9 @@ def nats_server_binary() -> str:
     return found
 
 
-class NatsServer:
+class NatsServer(ManagedServer):
+    name = "nats-server"
+
     """nats-server -js; the JetStream store survives ``restart()``."""
 
     def __init__(self, workdir: Path) -> None:
@@ -35,9 +37,6 @@ class NatsServer:
         self._lock = threading.RLock()
         self.log_path = self.workdir / "nats.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     @property
     def url(self) -> str:
@@ -53,10 +52,6 @@ class NatsServer:
         except OSError:
             return False
 
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited:\n{log_tail(self.log_path)}")
-        return self.is_up()
 
     def start(self) -> None:
         with self._lock:
@@ -79,14 +74,4 @@ class NatsServer:
             proc, self.proc = self.proc, None
             stop_pid(proc.pid)
 
-    def restart(self, downtime: float = 0.0) -> None:
-        with self._lock:
-            self.stop()
-            if downtime > 0:
-                time.sleep(downtime)
-            self.start()
 
-    def down_for(self, seconds: float) -> threading.Thread:
-        t = BackgroundThread(lambda: self.restart(downtime=seconds), f"nats-down-{self.port}")
-        t.start()
-        return t

@@ -15,7 +15,8 @@ from typing import Any
 
 import psycopg2
 
-from .procs import free_port, log_tail, spawn, stop_pid, wait_until
+from .server import ManagedServer
+from .procs import free_port, spawn, stop_pid, wait_until
 
 PG_BIN = Path(os.environ.get("BLIPGUARD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DB_NAME = "blipguard"
@@ -93,7 +94,9 @@ def _fast_tmp_base() -> str | None:
     return None
 
 
-class PostgresServer:
+class PostgresServer(ManagedServer):
+    name = "postgres"
+
     """postgres -D <data> on 127.0.0.1 with fsync/synchronous_commit/full_page_writes off."""
 
     def __init__(self, workdir: Path) -> None:
@@ -104,9 +107,6 @@ class PostgresServer:
         self._own_rundir = False
         self.log_path = self.workdir / "postgres.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     @property
     def url(self) -> str:
@@ -123,10 +123,6 @@ class PostgresServer:
         except psycopg2.Error:
             return False
 
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"postgres exited:\n{log_tail(self.log_path)}")
-        return self.is_up()
 
     def _prepare(self) -> Path:
         """Copy the cached cluster into a fresh run dir (tmpfs when available: ~10x faster)."""

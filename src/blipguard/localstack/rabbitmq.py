@@ -6,19 +6,21 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import amqp
 from kombu import Connection
 
-from .procs import BackgroundThread, free_port, log_tail, spawn, stop_pid, wait_until
+from .server import ManagedServer
+from .procs import free_port, log_tail, spawn, stop_pid, wait_until
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 EPMD = "/usr/bin/epmd"
 
 
-class RabbitMQServer:
+class RabbitMQServer(ManagedServer):
+    name = "rabbitmq-server"
+
     """rabbitmq-server started directly; durable queues survive ``restart()``."""
 
     def __init__(self, workdir: Path, start_timeout: float = 60.0) -> None:
@@ -32,9 +34,6 @@ class RabbitMQServer:
         self._lock = threading.RLock()
         self.log_path = self.workdir / "rabbitmq.out"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     @property
     def epmd_pid(self) -> int | None:
@@ -127,17 +126,7 @@ class RabbitMQServer:
             if epmd is not None:
                 stop_pid(epmd.pid, timeout=5)
 
-    def restart(self, downtime: float = 0.0) -> None:
-        with self._lock:
-            self.stop()
-            if downtime > 0:
-                time.sleep(downtime)
-            self.start()
 
-    def down_for(self, seconds: float) -> threading.Thread:
-        t = BackgroundThread(lambda: self.restart(downtime=seconds), f"rabbit-down-{self.port}")
-        t.start()
-        return t
 
     def _declare_passive(self, queue: str) -> tuple[int, int]:
         with Connection(self.url, connect_timeout=5) as conn:

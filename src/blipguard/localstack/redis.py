@@ -6,15 +6,17 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import redis as redis_lib
 
-from .procs import BackgroundThread, free_port, log_tail, spawn, stop_pid, wait_until
+from .server import ManagedServer
+from .procs import free_port, spawn, stop_pid, wait_until
 
 
-class RedisServer:
+class RedisServer(ManagedServer):
+    name = "redis-server"
+
     """redis-server in the foreground; data survives ``restart()`` via SHUTDOWN SAVE."""
 
     def __init__(self, workdir: Path, extra_config: dict[str, str] | None = None) -> None:
@@ -25,9 +27,6 @@ class RedisServer:
         self._lock = threading.RLock()
         self.log_path = self.workdir / "redis.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -61,10 +60,6 @@ class RedisServer:
         except OSError:
             return False
 
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited:\n{log_tail(self.log_path)}")
-        return self.is_up()
 
     def start(self) -> None:
         with self._lock:
@@ -100,14 +95,4 @@ class RedisServer:
         except OSError:
             pass
 
-    def restart(self, downtime: float = 0.0) -> None:
-        with self._lock:
-            self.stop(save=True)
-            if downtime > 0:
-                time.sleep(downtime)
-            self.start()
 
-    def down_for(self, seconds: float) -> threading.Thread:
-        t = BackgroundThread(lambda: self.restart(downtime=seconds), f"redis-down-{self.port}")
-        t.start()
-        return t
