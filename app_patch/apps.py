@@ -20,3 +20,9 @@ class AppPatchConfig(AppConfig):
             raise ImproperlyConfigured(str(e)) from e
         if config.auto_patch:
             install(config)
+            # Worker side of the pause: control commands and the board shared with the
+            # prefork children (created here, before the pool forks).
+            from .pause import board, worker
+
+            board.create()
+            worker.register()

@@ -33,6 +33,12 @@ DEFAULTS = {
     "ACK_TIMEOUT": 5.0,  # seconds to wait for JetStream to confirm an ack
     "RESULT_QUEUE": "ml_results",
     "CACHE_ALIAS": "default",  # the django-redis cache holding the job state
+    # In-worker breaker: after this many consecutive transient errors to one dependency a
+    # worker pauses its own result queue for BREAKER_LEASE seconds and probes the
+    # dependency every second, resuming as soon as it answers.
+    "BREAKER": True,
+    "BREAKER_THRESHOLD": 5,
+    "BREAKER_LEASE": 15.0,
 }
 
 
@@ -51,6 +57,9 @@ class Config:
     ack_timeout: float = 5.0
     result_queue: str = "ml_results"
     cache_alias: str = "default"
+    breaker: bool = True
+    breaker_threshold: int = 5
+    breaker_lease: float = 15.0
 
 
 def _number(raw: dict, key: str, kind=float, minimum=0.0, allow_none=False):
@@ -90,7 +99,7 @@ def parse(raw: dict | None) -> Config:
     if unknown:
         raise ConfigurationError(f"BLIPGUARD has unknown keys {sorted(unknown)}; known keys: {sorted(DEFAULTS)}")
     raw = {**DEFAULTS, **raw}
-    for key in ("AUTO_PATCH", "FORCE"):
+    for key in ("AUTO_PATCH", "FORCE", "BREAKER"):
         if not isinstance(raw[key], bool):
             raise ConfigurationError(f"BLIPGUARD['{key}'] must be True or False, got {raw[key]!r}")
     for key in ("ACK_WAIT_SETTING", "RESULT_QUEUE", "CACHE_ALIAS"):
@@ -110,6 +119,9 @@ def parse(raw: dict | None) -> Config:
         ack_timeout=_number(raw, "ACK_TIMEOUT", minimum=0.01),
         result_queue=raw["RESULT_QUEUE"],
         cache_alias=raw["CACHE_ALIAS"],
+        breaker=raw["BREAKER"],
+        breaker_threshold=_number(raw, "BREAKER_THRESHOLD", int, 1),
+        breaker_lease=_number(raw, "BREAKER_LEASE", minimum=1.0),
     )
 
 

@@ -14,8 +14,10 @@ import time
 from . import messages
 from .classify import classify
 from .context import working_for
-from .errors import InvalidResult, JobStateMissing, TransientDependencyError
+from .errors import InvalidResult, JobStateMissing, TransientDependencyError, describe
 from .host import Host, current_host
+from .pause import board
+from .pause.leases import record_failure
 from .payload import ParsedResult, best_image_id, parse_result
 from .policy import policy_for
 
@@ -36,6 +38,9 @@ def run(task, job_id: int, result_data, reply_subject: str, blipguard_retry: dic
         _ack_quietly(host, reply_subject, job_logger)
         logger.info("result for job %s ignored: the job is already %s", job_id, status)
         return
+    held = board.paused_for()
+    if held:
+        _hold_back(task, job_logger, held)
     retry_info = dict(blipguard_retry or {})
     with working_for(job_id, task.request.id):
         try:
@@ -50,8 +55,14 @@ def run(task, job_id: int, result_data, reply_subject: str, blipguard_retry: dic
             c = classify(e)
             if not c.transient:
                 raise
-            _retry_or_give_up(task, host, job_id, e, c.dependency or "a dependency", retry_info, job_logger)
+            dependency = c.dependency or "a dependency"
+            _trip_breaker(task, host, dependency, e)
+            held = board.paused_for()
+            if held:
+                _hold_back(task, job_logger, held, e)
+            _retry_or_give_up(task, host, job_id, e, dependency, retry_info, job_logger)
             return
+    _breaker_success()
     if retry_info:
         waited = time.time() - retry_info.get("first_failure", time.time())
         job_logger.info(messages.recovered(retry_info.get("dependency", "dependency"), task.request.retries, waited))
@@ -119,6 +130,54 @@ def _retry_or_give_up(task, host: Host, job_id: int, exc: Exception, dependency:
         kwargs = {**(task.request.kwargs or {}), RETRY_KWARG: info}
         raise task.retry(countdown=countdown, max_retries=policy.max_retries, exc=exc, kwargs=kwargs)
     host.fail_job(job_id, messages.retries_exhausted(done, now - info["first_failure"], dependency, cause))
+
+
+def _hold_back(task, job_logger, held: dict, exc: Exception | None = None):
+    """While the worker is paused, send the task back to the broker untouched: no Redis,
+    no retry spent. It waits in the queue until the pause ends."""
+    from celery.exceptions import Ignore
+
+    req = task.request
+    task.signature_from_request(req, req.args, req.kwargs, retries=req.retries).apply_async()
+    why = f" after {describe(exc)}" if exc is not None else ""
+    job_logger.info(
+        f"Result held back{why}: workers are paused while {held['dependency']} is down ({held['reason']}); "
+        "it returns to the queue without spending a retry."
+    )
+    raise Ignore()
+
+
+def _trip_breaker(task, host: Host, dependency: str, exc: Exception) -> None:
+    cfg = host.config
+    b = board.current()
+    if not cfg.breaker or b is None or dependency not in ("redis", "nats"):
+        return
+    tripped = []
+
+    def count(d: dict) -> dict:
+        failures, trip = record_failure(d.get("failures", {}), dependency, cfg.breaker_threshold)
+        tripped.append(trip)
+        return {**d, "failures": failures}
+
+    b.update(count)
+    if not tripped[0] or board.paused_for():
+        return
+    from .pause.worker import PAUSE
+
+    reason = f"{cfg.breaker_threshold} consecutive transient errors, last: {describe(exc)}"[:200]
+    logger.warning("breaker tripped for %s on %s: %s", dependency, task.request.hostname, reason)
+    b.update(lambda d: {**d, "leases": {**d.get("leases", {}), dependency: {"until": time.time() + cfg.breaker_lease, "reason": reason}}})
+    task.app.control.broadcast(
+        PAUSE,
+        arguments={"lease": cfg.breaker_lease, "reason": reason, "dependency": dependency, "source": "breaker"},
+        destination=[task.request.hostname],
+    )
+
+
+def _breaker_success() -> None:
+    b = board.current()
+    if b is not None and b.read().get("failures"):
+        b.update(lambda d: {**d, "failures": {}})
 
 
 def _ack_quietly(host: Host, reply_subject: str, job_logger) -> None:

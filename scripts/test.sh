@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== current releases: whole suite"
 .venv/bin/python -m pytest "$@"
-echo "== pinned releases (constraints/pinned.txt): incident, chaos and system-check tests"
-.venv-pinned/bin/python -m pytest -m "incident or chaos or checks" "$@"
+echo "== pinned releases (constraints/pinned.txt): incident, chaos, system-check and pause tests"
+.venv-pinned/bin/python -m pytest -m "incident or chaos or checks or (pause and not outage)" "$@"

@@ -26,7 +26,7 @@ def consumer_name(job_id: int) -> str:
 
 
 async def _quiet_error(e: Exception) -> None:
-    logger.warning("NATS connection: %s", e)
+    logger.debug("NATS connection: %s", e)
 
 
 class TaskQueueManager:
@@ -43,6 +43,10 @@ class TaskQueueManager:
             self.nats_url,
             connect_timeout=self.connect_timeout,
             allow_reconnect=False,
+            # Fail fast when the server is down (nats-py otherwise retries the first
+            # connect for up to two minutes, hiding the outage inside one call).
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
             error_cb=_quiet_error,
         )
         self.js = self.nc.jetstream()

@@ -1,0 +1,52 @@
+"""Drive a fleet's pause from outside the workers (the operator, tests, on-call)."""
+
+from dataclasses import dataclass
+
+from .worker import PAUSE, RESUME, STATUS
+
+
+@dataclass
+class FleetReply:
+    replies: dict[str, dict]  # hostname -> reply
+
+    @property
+    def hostnames(self) -> list[str]:
+        return sorted(self.replies)
+
+    @property
+    def confirmed(self) -> list[str]:
+        return sorted(h for h, r in self.replies.items() if r.get("ok"))
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return {h: r.get("error", "") for h, r in self.replies.items() if not r.get("ok")}
+
+
+def _call(app, command: str, arguments: dict, timeout: float, expect: int | None, destination=None) -> FleetReply:
+    replies = app.control.broadcast(
+        command, arguments=arguments, reply=True, timeout=timeout, limit=expect, destination=destination
+    )
+    merged: dict[str, dict] = {}
+    for reply in replies or []:
+        merged.update(reply)
+    return FleetReply(merged)
+
+
+def pause(app, lease: float, reason: str, dependency: str = "redis", queue: str | None = None,
+          timeout: float = 1.0, expect: int | None = None, destination=None) -> FleetReply:
+    """Pause the result queue on every worker (or `destination`) for `lease` seconds.
+    Pass `expect` (how many workers should answer) to return as soon as they all have."""
+    args = {"lease": lease, "reason": reason, "dependency": dependency}
+    if queue is not None:
+        args["queue"] = queue
+    return _call(app, PAUSE, args, timeout, expect, destination)
+
+
+def resume(app, dependency: str | None = None, timeout: float = 1.0, expect: int | None = None,
+           destination=None) -> FleetReply:
+    args = {} if dependency is None else {"dependency": dependency}
+    return _call(app, RESUME, args, timeout, expect, destination)
+
+
+def status(app, timeout: float = 1.0, expect: int | None = None, destination=None) -> FleetReply:
+    return _call(app, STATUS, {}, timeout, expect, destination)

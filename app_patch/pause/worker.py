@@ -1,0 +1,242 @@
+"""The worker side: remote-control commands, lease expiry, start-up catch-up, breaker probe.
+
+Every change to what the consumer consumes happens on the worker's event loop (control
+command handlers and consumer timers), never from another thread.
+"""
+
+import logging
+import threading
+import time
+
+from . import board
+from .leases import InvalidPause, Leases, validate
+
+logger = logging.getLogger("blipguard.pause")
+
+PAUSE = "blipguard_pause"
+RESUME = "blipguard_resume"
+STATUS = "blipguard_pause_status"
+ALLOWED_ARGS = {
+    PAUSE: {"queue", "lease", "reason", "dependency", "source"},
+    RESUME: {"queue", "dependency"},
+    STATUS: set(),
+}
+
+
+class Controller:
+    """One per worker main process."""
+
+    def __init__(self, queues: tuple[str, ...]):
+        self.queues = queues
+        self.leases = Leases()
+        self.cancelled: set[str] = set()
+        self.probing: set[str] = set()
+        self._expiry_scheduled_for = 0.0
+
+    # -- helpers ---------------------------------------------------------------
+    def _publish(self) -> None:
+        now = time.time()
+        data = {lease.dependency: {"until": lease.expires_at, "reason": lease.reason} for lease in self.leases.active(now)}
+        b = board.current() or board.create()
+        b.update(lambda d: {**d, "leases": data})
+
+    def _check_queue(self, queue) -> list[str]:
+        if queue is None:
+            return list(self.queues)
+        if not isinstance(queue, str) or queue not in self.queues:
+            raise InvalidPause(f"unknown queue {queue!r}: this worker's result queues are {list(self.queues)}")
+        return [queue]
+
+    def _stop_consuming(self, consumer, queues: list[str]) -> None:
+        for q in queues:
+            if q not in self.cancelled:
+                consumer.cancel_task_queue(q)
+                self.cancelled.add(q)
+
+    def _start_consuming(self, consumer) -> None:
+        amqp_queues = consumer.app.amqp.queues
+        for q in sorted(self.cancelled):
+            consumer.add_task_queue(q)
+            # Celery's add_task_queue leaves a previously cancelled queue out of the
+            # consume-from set (celery#7733): the next broker reconnect would silently
+            # drop it. Put it back.
+            if q in amqp_queues:
+                amqp_queues.select_add(amqp_queues[q])
+        self.cancelled.clear()
+
+    def _schedule_expiry(self, consumer) -> None:
+        until = self.leases.until(time.time())
+        if until and until != self._expiry_scheduled_for:
+            self._expiry_scheduled_for = until
+            consumer.timer.call_after(max(0.0, until - time.time()) + 0.01, self.expire, (consumer,))
+
+    # -- operations (on the event loop) ---------------------------------------
+    def pause(self, consumer, lease=None, reason="", dependency="redis", queue=None, source="operator") -> dict:
+        seconds, reason, dependency = validate(lease, reason, dependency)
+        queues = self._check_queue(queue)
+        now = time.time()
+        held, renewed = self.leases.pause(dependency, reason, seconds, now)
+        self._publish()
+        self._stop_consuming(consumer, queues)
+        self._schedule_expiry(consumer)
+        if not renewed:
+            logger.warning("paused %s for %s (%.0fs lease, by %s): %s", queues, dependency, seconds, source, reason)
+        if source == "breaker":
+            self.start_probe(consumer, dependency)
+        return {"ok": True, "paused": True, "renewed": renewed, "queues": queues, "lease": held.as_dict(now)}
+
+    def resume(self, consumer, queue=None, dependency=None) -> dict:
+        self._check_queue(queue)
+        if dependency is not None and not isinstance(dependency, str):
+            raise InvalidPause(f"dependency must be a name, got {dependency!r:.40}")
+        ended = self.leases.resume(dependency)
+        self._publish()
+        if not self.leases.paused(time.time()):
+            self._start_consuming(consumer)
+        if ended:
+            logger.warning("resumed %s (%s)", list(self.queues), ", ".join(lease.dependency for lease in ended))
+        return {"ok": True, "paused": self.leases.paused(time.time()), "ended": [lease.dependency for lease in ended]}
+
+    def expire(self, consumer) -> None:
+        now = time.time()
+        ended = self.leases.expire(now)
+        self._publish()
+        if ended:
+            logger.warning("pause lease expired for %s", ", ".join(lease.dependency for lease in ended))
+        if not self.leases.paused(now):
+            self._start_consuming(consumer)
+        else:
+            self._schedule_expiry(consumer)
+
+    def status(self, consumer) -> dict:
+        now = time.time()
+        return {
+            "ok": True,
+            "paused": self.leases.paused(now),
+            "leases": [lease.as_dict(now) for lease in self.leases.active(now)],
+            "consuming": sorted(set(self.queues) - self.cancelled),
+        }
+
+    def adopt(self, consumer, peer_leases: list[dict]) -> None:
+        """At start-up: take on the longest pause a peer reports (remaining time)."""
+        for lease in peer_leases:
+            try:
+                self.pause(consumer, lease["remaining"], lease.get("reason", ""), lease["dependency"], source="peer")
+            except (InvalidPause, KeyError):
+                continue
+
+    # -- breaker probe ---------------------------------------------------------
+    def start_probe(self, consumer, dependency: str) -> None:
+        if dependency in self.probing:
+            return
+        self.probing.add(dependency)
+        hostname = consumer.hostname
+        app = consumer.app
+        threading.Thread(
+            target=self._probe, args=(app, hostname, dependency), name=f"blipguard-probe-{dependency}", daemon=True
+        ).start()
+
+    def _probe(self, app, hostname: str, dependency: str) -> None:
+        from .probes import probe
+
+        try:
+            while self.leases.paused(time.time()):
+                if probe(dependency):
+                    logger.warning("%s answers again: resuming", dependency)
+                    app.control.broadcast(RESUME, arguments={"dependency": dependency}, destination=[hostname])
+                    return
+                time.sleep(1.0)
+        finally:
+            self.probing.discard(dependency)
+
+
+_controller: Controller | None = None
+
+
+def controller() -> Controller:
+    global _controller
+    if _controller is None:
+        from ..host import current_host
+
+        _controller = Controller((current_host().config.result_queue,))
+    return _controller
+
+
+def _reply(fn, state, kwargs: dict, command: str) -> dict:
+    unknown = set(kwargs) - ALLOWED_ARGS[command]
+    if unknown:
+        return {"ok": False, "error": f"{command}: unknown arguments {sorted(unknown)}; allowed: {sorted(ALLOWED_ARGS[command])}"}
+    try:
+        return {**fn(state.consumer, **kwargs), "hostname": state.consumer.hostname}
+    except (InvalidPause, TypeError) as e:
+        return {"ok": False, "error": f"{command}: {e}", "hostname": state.consumer.hostname}
+
+
+def register() -> None:
+    """Register the control commands and the start-up catch-up (idempotent)."""
+    from celery import signals
+    from celery.worker.control import Panel, control_command
+
+    if PAUSE in Panel.data:
+        return
+
+    @control_command()
+    def blipguard_pause(state, **kwargs):
+        """Stop taking result tasks for a lease: queue, lease (s), reason, dependency."""
+        return _reply(controller().pause, state, kwargs, PAUSE)
+
+    @control_command()
+    def blipguard_resume(state, **kwargs):
+        """End the pause (one dependency's, or all)."""
+        return _reply(controller().resume, state, kwargs, RESUME)
+
+    @control_command()
+    def blipguard_pause_status(state, **kwargs):
+        """Report this worker's pause leases and queues."""
+        return _reply(controller().status, state, kwargs, STATUS)
+
+    signals.celeryd_after_setup.connect(_hold_result_queues, weak=False)
+    signals.worker_ready.connect(_catch_up, weak=False)
+
+
+def _hold_result_queues(sender=None, instance=None, **kwargs) -> None:
+    """Before the consumer starts: leave the result queues out until _catch_up decides."""
+    c = controller()
+    queues = instance.app.amqp.queues
+    for q in c.queues:
+        if q in queues.consume_from:
+            queues.deselect(q)
+            c.cancelled.add(q)
+
+
+def _catch_up(sender=None, **kwargs) -> None:
+    """A worker that starts during a pause asks its peers before it takes result tasks."""
+    consumer = sender
+    if consumer is None or not hasattr(consumer, "app"):
+        return
+    c = controller()
+    try:
+        _adopt_peer_pauses(consumer)
+    finally:
+        if not c.leases.paused(time.time()):
+            c._start_consuming(consumer)
+
+
+def _adopt_peer_pauses(consumer) -> None:
+    try:
+        replies = consumer.app.control.broadcast(STATUS, reply=True, timeout=0.5)
+    except Exception as e:  # no peers reachable: nothing to adopt
+        logger.info("could not ask peers for pause state: %s", e)
+        return
+    leases = []
+    for reply in replies or []:
+        for host, answer in reply.items():
+            if host != consumer.hostname and isinstance(answer, dict):
+                leases.extend(answer.get("leases", []))
+    if leases:
+        longest = {}
+        for lease in leases:
+            dep = lease.get("dependency")
+            if dep and lease.get("remaining", 0) > longest.get(dep, {}).get("remaining", 0):
+                longest[dep] = lease
+        controller().adopt(consumer, list(longest.values()))
