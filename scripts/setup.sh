@@ -29,8 +29,13 @@ make_venv() {  # make_venv DIR [pip args...]
     fi
     echo "setup: preparing $dir"
     [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
-    "$dir/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel
-    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]" "$@"
+    local log="$dir/setup.log"
+    if ! { "$dir/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel &&
+           "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]" "$@"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip failed for $dir (log above, also in $log)" >&2
+        exit 1
+    fi
     echo "$want" >"$stamp"
 }
 

@@ -26,6 +26,20 @@ def fault_action(stack: LocalStack, fault: str):
     raise ValueError(f"unknown fault {fault!r}: choose reset, restart or none")
 
 
+def _telling_lines(o: JobOutcome, most: int = 4) -> list[str]:
+    """The job-log lines that explain the outcome, each message once."""
+    keys = ("FAILURE", "Redis", "redis", "Retrying", "Recovered", "completed")
+    seen, picked = set(), []
+    for line in o.log:
+        message = line.split("] ", 1)[-1]
+        if any(k in message for k in keys) and message not in seen:
+            seen.add(message)
+            picked.append(line)
+    if len(picked) > most:
+        picked = picked[: most - 1] + picked[-1:]
+    return picked
+
+
 def run_demo(images: int = 840, fault: str = "reset", apps: tuple[str, ...] = ("pre-fix", "patched")) -> int:
     action_check = {"reset", "restart", "none"}
     if fault not in action_check:
@@ -59,7 +73,7 @@ def run_demo(images: int = 840, fault: str = "reset", apps: tuple[str, ...] = ("
                     workers.stop()
                 outcomes[name] = outcome
                 _say(f"[{name}] {outcome.summary()}")
-                for line in outcome.errors[:3] or outcome.log[-3:]:
+                for line in _telling_lines(outcome):
                     _say(f"[{name}]   job log: {line}")
         redis.close()
     _say(f"\nDone in {time.monotonic() - t0:.0f}s.")
