@@ -33,9 +33,8 @@ def run(task, job_id: int, result_data, reply_subject: str, blipguard_retry: dic
     status = getattr(job, "status", None)
     job_logger = host.job_logger(job_id, job)
     if status in FINAL_STATUSES:
-        # A late or redelivered result for a job that already ended: settle the NATS
-        # message so it is not redelivered, change nothing else.
-        _ack_quietly(host, reply_subject, job_logger)
+        # A late result for a job that already ended: its stream and consumer are gone
+        # with its cleanup, so there is nothing to ack and nothing to change.
         logger.info("result for job %s ignored: the job is already %s", job_id, status)
         return
     held = board.paused_for()
@@ -48,6 +47,9 @@ def run(task, job_id: int, result_data, reply_subject: str, blipguard_retry: dic
             if parsed is not None:
                 _process(host, job_id, parsed, result_data, reply_subject, job_logger)
         except JobStateMissing as e:
+            job = host.job(job_id)
+            if getattr(job, "status", None) in FINAL_STATUSES:
+                return  # another result already ended the job and cleaned up
             _ack_quietly(host, reply_subject, job_logger)
             host.fail_job(job_id, str(e))
             return

@@ -27,6 +27,7 @@ def assert_nothing_lost(outcome):
     assert outcome.duplicate_detections == 0
     assert outcome.detections_counter == outcome.expected_detections, "progress counters must be exact"
     assert outcome.redis_keys == [] and not outcome.stream_exists, "cleanup after completion"
+    assert not outcome.stream_lost_while_running, "the NATS stream must stay until the job completes"
     assert not outcome.log_contains("marked as FAILURE")
 
 
@@ -82,6 +83,8 @@ def test_genuine_state_loss_fails_accurately(stack, web, redis_direct, patched_w
         "marked as FAILURE: Job state keys not found in Redis: they were deleted while the job was running"
     )
     assert not outcome.log_contains("Retries exhausted")
+    before_failure = outcome.log[: next(i for i, line in enumerate(outcome.log) if "marked as FAILURE" in line)]
+    assert not any("Failed to acknowledge" in line for line in before_failure), "the task is acked before cleanup"
     assert not outcome.stream_exists and outcome.redis_keys == []
 
 

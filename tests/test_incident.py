@@ -39,6 +39,7 @@ def _assert_killed_like_production(outcome, state_must_be_gone: bool):
     assert outcome.processed < N_IMAGES
     assert outcome.failed == 0
     assert not outcome.stream_exists, "the NATS stream should have been deleted"
+    assert not outcome.stream_lost_while_running  # deleted by _fail_job, as the job ended
     if state_must_be_gone:
         assert outcome.redis_keys == []
 

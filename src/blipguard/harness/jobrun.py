@@ -27,6 +27,7 @@ class JobOutcome:
     errors: list[str]
     elapsed: float
     fault_fired_at: float | None = None
+    stream_lost_while_running: bool = False  # the NATS stream vanished before the job ended
     notes: list[str] = field(default_factory=list)
 
     def log_contains(self, text: str) -> bool:
@@ -41,7 +42,8 @@ class JobOutcome:
         )
 
 
-def _stream_exists(job_id: int) -> bool:
+def _stream_exists(job_id: int, unknown: bool | None = None) -> bool | None:
+    """Whether the job's stream exists; with `unknown` given, NATS being down returns it."""
     from asgiref.sync import async_to_sync
 
     from ami.ml.orchestration.nats_queue import TaskQueueManager
@@ -50,7 +52,12 @@ def _stream_exists(job_id: int) -> bool:
         async with TaskQueueManager() as m:
             return await m.stream_exists(job_id)
 
-    return async_to_sync(check)()
+    if unknown is None:
+        return async_to_sync(check)()
+    try:
+        return async_to_sync(check)()
+    except Exception:
+        return unknown
 
 
 def collect(job_id: int, redis_client, image_ids, error_ids=(), elapsed: float = 0.0) -> JobOutcome:
@@ -115,9 +122,17 @@ def run_job(
     payloads = payloads_at(image_ids) if payloads_at else {}
     fired: dict[str, float] = {}
     fault_thread: threading.Thread | None = None
+    polls = {"n": 0, "stream_lost": False}
+
+    def status_now() -> str:
+        return Job.objects.filter(pk=job.pk).values_list("status", flat=True).get()
 
     def status_and_fault() -> bool:
         nonlocal fault_thread
+        polls["n"] += 1
+        if polls["n"] % 25 == 0 and not polls["stream_lost"] and _stream_exists(job.pk, unknown=True) is False:
+            # Gone is fine once the job ended (cleanup); before that, the job is lost.
+            polls["stream_lost"] = status_now() not in FINAL_STATES
         current = Job.objects.filter(pk=job.pk).values_list("status", "progress").get()
         processed = current[1]["stages"]["process"]["processed"]
         if fault and "at" not in fired and processed >= fault_at * n_images:
@@ -142,6 +157,7 @@ def run_job(
         wait_until(settle, 60, "the stack to settle after the job ended")
     outcome = collect(job.pk, redis_client, image_ids, error_ids, elapsed)
     outcome.fault_fired_at = fired.get("at")
+    outcome.stream_lost_while_running = polls["stream_lost"]
     outcome.notes.extend(sim.errors[:5])
     return outcome
 
