@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -16,6 +17,20 @@ from .postgres import PostgresServer
 from .rabbitmq import RabbitMQServer
 from .redis import RedisServer
 from .tcpproxy import FaultProxy
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM would end Python without running `finally` or atexit: turn it into a
+    KeyboardInterrupt, so the stack (and pytest's teardown) still stops every server."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stop_all(stoppers: list[Callable[[], Any]]) -> None:
@@ -57,6 +72,7 @@ class LocalStack:
         self._stoppers.append(self.redis_proxy.stop)
 
     def start(self) -> "LocalStack":
+        _interrupt_on_sigterm()
         t0 = time.monotonic()
         self._stoppers[:] = [self.postgres.stop, self.redis.stop, self.nats.stop, self.rabbitmq.stop]
         errors: list[BaseException] = []
