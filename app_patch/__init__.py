@@ -8,7 +8,6 @@ from .classify import Classification, Kind, classify
 from .errors import (
     BlipguardError,
     ConfigurationError,
-    InvalidResult,
     JobStateMissing,
     TransientDependencyError,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "BlipguardError",
     "Classification",
     "ConfigurationError",
-    "InvalidResult",
     "JobStateMissing",
     "Kind",
     "RetryPolicy",

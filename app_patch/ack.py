@@ -1,9 +1,21 @@
-"""A NATS JetStream ack that the server confirms (a "double ack")."""
+"""A NATS JetStream ack that the server confirms (a "double ack").
 
+The host acks with a plain publish and a flush: the message can be lost on the way and
+nobody knows until ``ack_wait`` runs out and JetStream redelivers. The patched
+``acknowledge_task`` sends ``+ACK`` as a request and waits for JetStream's reply; it keeps
+the host's contract (returns a bool, raises only when there is no connection).
+"""
+
+from __future__ import annotations
+
+import logging
 import re
 
+from . import context
 from .classify import classify
-from .errors import TransientDependencyError
+from .errors import describe
+
+logger = logging.getLogger(__name__)
 
 ACK = b"+ACK"
 # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
@@ -21,22 +33,45 @@ def stream_and_seq(reply_subject: str) -> tuple[str, int] | None:
 
 
 async def confirmed_ack(nc, reply_subject: str, timeout: float) -> None:
-    """Ack and wait for JetStream's reply; raise TransientDependencyError when it doesn't come."""
-    try:
-        await nc.request(reply_subject, ACK, timeout=timeout)
-    except Exception as e:
-        c = classify(e)
-        if c.transient:
-            raise TransientDependencyError("nats", e, "acknowledging the task") from e
-        raise
+    """Ack and wait for JetStream's reply; raises what the request raised."""
+    await nc.request(reply_subject, ACK, timeout=timeout)
 
 
 def make_acknowledge_task(timeout_getter):
-    """A drop-in for the host queue manager's ``acknowledge_task(self, reply_subject)``."""
+    """A drop-in for the host queue manager's ``async acknowledge_task(self, reply_subject) -> bool``."""
 
     async def acknowledge_task(self, reply_subject: str) -> bool:
-        await confirmed_ack(self.nc, reply_subject, timeout_getter())
+        if self.nc is None:
+            raise RuntimeError("Connection is not open. Use TaskQueueManager as an async context manager.")
+        run = context.current()
+        try:
+            await confirmed_ack(self.nc, reply_subject, timeout_getter())
+        except Exception as e:  # noqa: BLE001 - the host's contract: False, never an exception
+            if run is not None:
+                run.ack_unconfirmed = describe(e)
+            level = logging.WARNING if classify(e).transient else logging.ERROR
+            logger.log(level, "Failed to acknowledge task: %s", describe(e))
+            return False
+        if run is not None:
+            run.ack_unconfirmed = None
         return True
 
-    acknowledge_task.blipguard_patched = True
     return acknowledge_task
+
+
+def wrap_ack_helper(original):
+    """The host's ``_ack_task_via_nats``: it never raises and says nothing (pre-fix) or a
+    bool; a failed connect never reaches ``acknowledge_task``. Note any unconfirmed ack."""
+
+    def _ack_task_via_nats(reply_subject, job_logger, *args, **kwargs):
+        run = context.current()
+        if run is not None:
+            run.ack_unconfirmed = "not attempted"
+        result = original(reply_subject, job_logger, *args, **kwargs)
+        if run is not None and run.ack_unconfirmed == "not attempted":
+            # Only a confirmed ack clears the mark: an exception inside the helper (a
+            # failed connect, say) was caught and logged by the host.
+            run.ack_unconfirmed = "the ack helper failed before JetStream could confirm"
+        return result
+
+    return _ack_task_via_nats

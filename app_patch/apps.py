@@ -18,8 +18,7 @@ class AppPatchConfig(AppConfig):
             config = from_django()
         except ConfigurationError as e:
             raise ImproperlyConfigured(str(e)) from e
-        if config.auto_patch:
-            install(config)
+        if config.auto_patch and not install(config).refused:
             # Worker side of the pause: control commands and the board shared with the
             # prefork children (created here, before the pool forks).
             from .pause import board, worker

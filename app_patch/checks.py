@@ -1,10 +1,14 @@
 """Django system checks on the *effective* Redis and retry settings of the running app.
 
 Settings keys a client library silently ignores are the classic failure here, so these
-checks read the live connection pool and a live socket, not the settings text.
-Stable ids: blipguard.E0xx errors, blipguard.W0xx warnings (see README).
-"""
+checks read the connection pool the app really builds, and (as deploy checks, run by
+``manage.py check --deploy``) a live socket and the server's eviction policy.
 
+Adding the app to an unchanged host never blocks ``migrate``, ``test`` or start-up: what
+it finds about the host is a warning (``blipguard.W0nn``) unless ``BLIPGUARD['STRICT']``
+makes it an error (``blipguard.E0nn``, same number). Only an invalid ``BLIPGUARD``
+setting (E001) is always an error. Numbers 021 and up are advice: always warnings.
+"""
 import inspect
 import socket
 from urllib.parse import urlparse
@@ -28,11 +32,28 @@ EVICTING_ALL = ("allkeys-",)
 EVICTING_TTL = ("volatile-",)
 
 
-def _cache_alias() -> str:
+def _config():
     try:
-        return from_django().cache_alias
+        return from_django()
     except ConfigurationError:
-        return "default"
+        return None
+
+
+def _cache_alias() -> str:
+    cfg = _config()
+    return cfg.cache_alias if cfg else "default"
+
+
+def finding(number: int, msg: str, hint: str | None = None) -> checks.CheckMessage:
+    """A finding about the host: a warning, or an error in strict mode."""
+    cfg = _config()
+    if cfg is not None and cfg.strict:
+        return checks.Error(msg, hint=hint, id=f"blipguard.E{number:03d}")
+    return checks.Warning(msg, hint=hint, id=f"blipguard.W{number:03d}")
+
+
+def advice(number: int, msg: str, hint: str | None = None) -> checks.CheckMessage:
+    return checks.Warning(msg, hint=hint, id=f"blipguard.W{number:03d}")
 
 
 @checks.register("blipguard")
@@ -45,23 +66,32 @@ def check_config(app_configs=None, **kwargs):
 
 
 @checks.register("blipguard")
+def check_host_shape(app_configs=None, **kwargs):
+    from .patcher import last_report
+
+    report = last_report()
+    if report is None or not report.refused:
+        return []
+    return [finding(
+        16, "blipguard did not patch the host: " + "; ".join(report.refused),
+        hint="The host moved away from the shapes the patch knows (see the README, 'Supported versions'); "
+        "BLIPGUARD['TARGETS'] and ['HELPERS'] can point at renamed symbols.")]
+
+
+@checks.register("blipguard")
 def check_cache_options(app_configs=None, **kwargs):
     alias = _cache_alias()
     cache = settings.CACHES.get(alias)
     if cache is None:
-        return [checks.Error(f"CACHES has no {alias!r} cache (BLIPGUARD['CACHE_ALIAS'])", id="blipguard.E002")]
+        return [finding(2, f"CACHES has no {alias!r} cache (BLIPGUARD['CACHE_ALIAS'])")]
     options = cache.get("OPTIONS", {}) or {}
     ignored = sorted(set(options) - PASSED_OPTIONS - DJANGO_REDIS_OPTIONS)
     if ignored:
-        return [
-            checks.Warning(
-                f"CACHES[{alias!r}]['OPTIONS'] keys {ignored} are silently ignored by django-redis: "
-                "they never reach the Redis connection",
-                hint="Move connection settings into OPTIONS['CONNECTION_POOL_KWARGS'] "
-                "(blipguard.app_patch.redis_options.cache_options builds them).",
-                id="blipguard.W001",
-            )
-        ]
+        return [advice(
+            21, f"CACHES[{alias!r}]['OPTIONS'] keys {ignored} are silently ignored by django-redis: "
+            "they never reach the Redis connection",
+            hint="OPTIONS = cache_options(OPTIONS) (blipguard.app_patch.redis_options) moves them into "
+            "CONNECTION_POOL_KWARGS, keeping their values.")]
     return []
 
 
@@ -81,49 +111,63 @@ def _pool(alias: str):
 
 @checks.register("blipguard")
 def check_connection_kwargs(app_configs=None, **kwargs):
-    """What the pool will really give each connection."""
+    """What the pool will really give each connection (no network I/O)."""
     alias = _cache_alias()
     try:
         pool = _pool(alias)
         kw = pool.connection_kwargs
     except Exception as e:
-        return [checks.Warning(f"cannot build the {alias!r} Redis pool to inspect it: {e}", id="blipguard.W002")]
+        return [advice(22, f"cannot build the {alias!r} Redis pool to inspect it: {e}")]
     found = []
     if not kw.get("socket_timeout"):
-        found.append(checks.Error(
-            "the job-state Redis connection has no socket (read) timeout: a stalled Redis blocks a task forever",
-            hint="Set OPTIONS['SOCKET_TIMEOUT'] (e.g. 5).", id="blipguard.E003"))
+        found.append(finding(
+            3, "the job-state Redis connection has no socket (read) timeout: a stalled Redis blocks a task forever",
+            hint="cache_options(OPTIONS, socket_timeout=5) or OPTIONS['SOCKET_TIMEOUT'] = 5."))
     if not kw.get("socket_connect_timeout"):
-        found.append(checks.Warning(
-            "the job-state Redis connection has no connect timeout", hint="Set OPTIONS['SOCKET_CONNECT_TIMEOUT'].",
-            id="blipguard.W003"))
+        found.append(advice(23, "the job-state Redis connection has no connect timeout",
+                            hint="Set OPTIONS['SOCKET_CONNECT_TIMEOUT']."))
     if not kw.get("socket_keepalive", _library_default(pool, "socket_keepalive")):
-        found.append(checks.Error(
-            "the job-state Redis connections have no TCP keepalive: idle pooled connections are dropped silently",
-            hint="CONNECTION_POOL_KWARGS: socket_keepalive=True with socket_keepalive_options.", id="blipguard.E004"))
+        found.append(finding(
+            4, "the job-state Redis connections have no TCP keepalive: idle pooled connections are dropped silently",
+            hint="cache_options(OPTIONS) puts socket_keepalive and its options into CONNECTION_POOL_KWARGS."))
     retry = kw.get("retry")
     retries = getattr(retry, "_retries", 0) if retry is not None else 0
     if retries <= 0:
-        found.append(checks.Error(
-            "the job-state Redis pool does not retry connection errors (redis-py default for from_url pools)",
-            hint="CONNECTION_POOL_KWARGS: retry=Retry(ExponentialBackoff(...), 3).", id="blipguard.E005"))
+        found.append(finding(
+            5, "the job-state Redis pool does not retry connection errors (redis-py default for from_url pools)",
+            hint="cache_options(OPTIONS) adds retry with backoff."))
     else:
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         on = kw.get("retry_on_error") or []
         if not any(issubclass(RedisConnectionError, t) for t in on if isinstance(t, type)):
-            found.append(checks.Error(
-                "the job-state Redis pool has a retry but no retry_on_error: pipelines (MULTI/EXEC) will not retry",
-                hint="CONNECTION_POOL_KWARGS: retry_on_error=[ConnectionError, TimeoutError].", id="blipguard.E006"))
+            found.append(finding(
+                6, "the job-state Redis pool has a retry but no retry_on_error: pipelines (MULTI/EXEC) will not retry",
+                hint="CONNECTION_POOL_KWARGS: retry_on_error=[ConnectionError, TimeoutError]."))
     if not kw.get("health_check_interval"):
-        found.append(checks.Warning(
-            "the job-state Redis connections have no health_check_interval", id="blipguard.W007",
-            hint="CONNECTION_POOL_KWARGS: health_check_interval=30."))
+        found.append(advice(27, "the job-state Redis connections have no health_check_interval",
+                            hint="CONNECTION_POOL_KWARGS: health_check_interval=30."))
     return found
 
 
+LIVE_TIMEOUT = 2.0  # seconds: a deploy check must not hang on an unreachable Redis
+
+
+def _one_connection(pool):
+    """A connection made like the pool's, but bounded: one try, short timeouts."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    kw = dict(pool.connection_kwargs)
+    kw["socket_connect_timeout"] = min(kw.get("socket_connect_timeout") or LIVE_TIMEOUT, LIVE_TIMEOUT)
+    kw["socket_timeout"] = min(kw.get("socket_timeout") or LIVE_TIMEOUT, LIVE_TIMEOUT)
+    kw["retry"] = Retry(NoBackoff(), 0)
+    kw.pop("retry_on_error", None)
+    return pool.connection_class(**kw)
+
+
 def _live_socket_options(pool) -> dict:
-    conn = pool.make_connection()
+    conn = _one_connection(pool)
     try:
         conn.connect()
         sock = conn._sock
@@ -137,7 +181,7 @@ def _live_socket_options(pool) -> dict:
         conn.disconnect()
 
 
-@checks.register("blipguard")
+@checks.register("blipguard", deploy=True)
 def check_live_socket(app_configs=None, **kwargs):
     """Open one real connection the way the pool does and read its socket options back."""
     alias = _cache_alias()
@@ -145,17 +189,15 @@ def check_live_socket(app_configs=None, **kwargs):
         pool = _pool(alias)
         live = _live_socket_options(pool)
     except Exception as e:
-        return [checks.Warning(f"could not open a Redis connection to verify its socket options: {e}",
-                               id="blipguard.W008")]
-    found = []
+        return [advice(28, f"could not open a Redis connection to verify its socket options: {e}")]
     if not live["keepalive"]:
-        return [checks.Error("the live Redis socket has SO_KEEPALIVE off", id="blipguard.E009")]
+        return [finding(9, "the live Redis socket has SO_KEEPALIVE off")]
+    found = []
     wanted = pool.connection_kwargs.get("socket_keepalive_options") or {}
     for opt, key in ((socket.TCP_KEEPIDLE, "idle"), (socket.TCP_KEEPINTVL, "interval"), (socket.TCP_KEEPCNT, "count")):
         if opt in wanted and wanted[opt] != live[key]:
-            found.append(checks.Error(
-                f"the live Redis socket has TCP keepalive {key}={live[key]}, settings ask for {wanted[opt]}",
-                id="blipguard.E010"))
+            found.append(finding(
+                10, f"the live Redis socket has TCP keepalive {key}={live[key]}, settings ask for {wanted[opt]}"))
     return found
 
 
@@ -164,17 +206,24 @@ def check_retry_window(app_configs=None, **kwargs):
     from .host import Host
     from .policy import policy_for
 
+    cfg = _config()
+    if cfg is None:
+        return []
+    host = Host(cfg)
     try:
-        cfg = from_django()
-        host = Host(cfg)
         policy = policy_for(host)
     except ConfigurationError as e:
-        return [checks.Error(f"the retry window does not fit: {e}", id="blipguard.E011")]
+        return [advice(31, f"the retry policy could not be fitted: {e}")]
+    where = f"ack_wait={host.ack_wait():g}s (budget {cfg.retry_budget_fraction:g} of it)"
+    if policy.max_retries < cfg.max_retries:
+        return [advice(
+            31, f"MAX_RETRIES lowered from {cfg.max_retries} to {policy.max_retries} so the retry window "
+            f"(at most {policy.max_window:.1f}s, each attempt up to {policy.attempt_max:g}s) fits inside {where}",
+            hint="Shorter Redis timeouts or a longer ack_wait leave room for more retries.")]
     if policy.cap < cfg.backoff_max:
-        return [checks.Warning(
-            f"BACKOFF_MAX lowered from {cfg.backoff_max:g}s to {policy.cap:.2f}s so the retry window "
-            f"(at most {policy.max_window:.1f}s) fits inside ack_wait={host.ack_wait():g}s",
-            id="blipguard.W012")]
+        return [advice(
+            32, f"BACKOFF_MAX lowered from {cfg.backoff_max:g}s to {policy.cap:.2f}s so the retry window "
+            f"(at most {policy.max_window:.1f}s) fits inside {where}")]
     return []
 
 
@@ -199,29 +248,34 @@ def check_broker_not_state_redis(app_configs=None, **kwargs):
     for loc in locations:
         s = _redis_address(loc)
         if s is not None and s[:2] == b[:2]:
-            return [checks.Error(
-                f"the Celery broker ({b[0]}:{b[1]}) is the Redis server that holds the job state: "
+            return [finding(
+                13, f"the Celery broker ({b[0]}:{b[1]}) is the Redis server that holds the job state: "
                 "a Redis blip then takes the queue down with the state",
-                hint="Use a separate broker (RabbitMQ, as the reference platform does).", id="blipguard.E013")]
+                hint="Use a separate broker (RabbitMQ, as the reference platform does).")]
     return []
 
 
-@checks.register("blipguard")
+@checks.register("blipguard", deploy=True)
 def check_eviction_policy(app_configs=None, **kwargs):
     alias = _cache_alias()
     try:
-        from django_redis import get_redis_connection
-
-        policy = get_redis_connection(alias).config_get("maxmemory-policy").get("maxmemory-policy", "")
+        conn = _one_connection(_pool(alias))
+        try:
+            conn.send_command("CONFIG", "GET", "maxmemory-policy")
+            reply = conn.read_response()
+        finally:
+            conn.disconnect()
+        policy = reply[1] if len(reply) > 1 else ""  # [name, value]
+        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     except Exception as e:
-        return [checks.Warning(f"could not read Redis maxmemory-policy: {e}", id="blipguard.W014")]
+        return [advice(34, f"could not read Redis maxmemory-policy: {e}")]
     if policy.startswith(EVICTING_ALL):
-        return [checks.Error(
-            f"the Redis holding job state runs maxmemory-policy {policy}: under memory pressure it evicts job "
+        return [finding(
+            15, f"the Redis holding job state runs maxmemory-policy {policy}: under memory pressure it evicts job "
             "state and live jobs fail with 'Job state keys not found in Redis'",
-            hint="Use noeviction, or keep job state in a Redis of its own.", id="blipguard.E015")]
+            hint="Use noeviction, or keep job state in a Redis of its own.")]
     if policy.startswith(EVICTING_TTL):
-        return [checks.Warning(
-            f"the Redis holding job state runs maxmemory-policy {policy}: job state keys have a TTL, so they can "
-            "be evicted", id="blipguard.W015")]
+        return [advice(
+            35, f"the Redis holding job state runs maxmemory-policy {policy}: job state keys have a TTL, so they can "
+            "be evicted")]
     return []

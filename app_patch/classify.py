@@ -9,13 +9,12 @@ import enum
 import socket
 from dataclasses import dataclass
 
-from .errors import InvalidResult, JobStateMissing, TransientDependencyError
+from .errors import JobStateMissing, TransientDependencyError
 
 
 class Kind(str, enum.Enum):
     TRANSIENT = "transient"  # retry; the dependency may come back
     STATE_MISSING = "state_missing"  # terminal: the job's state is gone
-    INVALID_RESULT = "invalid_result"  # terminal for one image only
     UNEXPECTED = "unexpected"  # a bug or unknown failure: surface it, don't guess
 
 
@@ -88,8 +87,6 @@ def _classify_one(exc: BaseException) -> Classification:
         return Classification(Kind.TRANSIENT, exc.dependency)
     if isinstance(exc, JobStateMissing):
         return Classification(Kind.STATE_MISSING, "redis")
-    if isinstance(exc, InvalidResult):
-        return Classification(Kind.INVALID_RESULT, "")
     verdict = _redis_transient(exc)
     if verdict is not None:
         return Classification(Kind.TRANSIENT if verdict else Kind.UNEXPECTED, "redis")

@@ -1,19 +1,47 @@
-"""Which job the current task works for, so lower layers can write to its log."""
+"""What one run of the result task has seen, for the patched pieces below the host's body.
+
+The host's task body runs unchanged; it calls the patched primitives (``update_state``,
+the ack) and its own helpers. Some of what those see never reaches the wrapper through
+the body: the pre-fix body swallows exceptions after its ack, and the ack helper never
+raises. They note it here, and the wrapper decides after the body returns.
+"""
+
+from __future__ import annotations
 
 import contextlib
 import contextvars
+from dataclasses import dataclass, field
 
-current_job_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("blipguard_job_id", default=None)
-# Identifies one delivery of a result (the Celery task id: kept across Celery retries,
-# new for a NATS redelivery), so state updates can tell a replay from a duplicate.
-current_delivery: contextvars.ContextVar[str | None] = contextvars.ContextVar("blipguard_delivery", default=None)
+
+@dataclass
+class TaskRun:
+    job_id: int
+    # One delivery of a result: the Celery task id, kept across Celery retries and new
+    # for a NATS redelivery, so a replay can be told from a duplicate (see state.CLAIM).
+    delivery: str | None = None
+    newly: dict[str, int] = field(default_factory=dict)  # stage -> images this delivery moved
+    transient: BaseException | None = None  # a transient error the host's body may swallow
+    ack_unconfirmed: str | None = None  # why the last ack was not confirmed by JetStream
+    results_counted: bool = False  # this run passed result counts to the host's progress
+    missing_state: str | None = None  # why the job's state keys are gone, when they are
+
+
+_current: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar("blipguard_task_run", default=None)
+
+
+def current() -> TaskRun | None:
+    return _current.get()
+
+
+def current_job_id() -> int | None:
+    run = _current.get()
+    return run.job_id if run else None
 
 
 @contextlib.contextmanager
-def working_for(job_id: int, delivery: str | None = None):
-    tokens = (current_job_id.set(job_id), current_delivery.set(delivery))
+def running(run: TaskRun):
+    token = _current.set(run)
     try:
-        yield
+        yield run
     finally:
-        current_job_id.reset(tokens[0])
-        current_delivery.reset(tokens[1])
+        _current.reset(token)

@@ -27,15 +27,6 @@ class JobStateMissing(BlipguardError):
         super().__init__(f"{self.PREFIX}: {why}")
 
 
-class InvalidResult(BlipguardError):
-    """A processing service's result payload can't be used: fails that image only."""
-
-    def __init__(self, problem: str, image_id: int | None = None):
-        self.problem = problem
-        self.image_id = image_id
-        super().__init__(problem)
-
-
 class ConfigurationError(BlipguardError):
     """A BLIPGUARD setting is invalid; the message names the key and the accepted values."""
 

@@ -1,8 +1,9 @@
 """What the job's own log says, in one place. Pure."""
 
+from .diagnosis import FINAL_STATUSES
 from .errors import describe
 
-STAGE_NAMES = {"process": "saving progress", "results": "recording results", "ack": "acknowledging the task"}
+__all__ = ["FINAL_STATUSES", "held_back", "host_retry", "recovered", "retries_exhausted", "transient"]
 
 
 def transient(dependency: str, operation: str, cause, attempt: int, max_retries: int, next_in: float) -> str:
@@ -12,21 +13,27 @@ def transient(dependency: str, operation: str, cause, attempt: int, max_retries:
     )
 
 
+def host_retry(dependency: str, cause, attempt: int, max_retries: int | None, next_in: float | None) -> str:
+    when = f" in {next_in:.1f}s" if next_in is not None else ""
+    of = f" of {max_retries}" if max_retries is not None else ""
+    return (
+        f"Transient {dependency} error while saving progress: {describe(cause)}. "
+        f"Celery will retry{when} (retry {attempt}{of}); no images lost."
+    )
+
+
 def recovered(dependency: str, retries: int, seconds: float) -> str:
     return f"Recovered from a transient {dependency} error after {retries} retries ({seconds:.1f}s)."
 
 
-def retries_exhausted(retries: int, seconds: float, dependency: str, cause) -> str:
+def retries_exhausted(retries: int, seconds: float | None, dependency: str, cause) -> str:
+    over = f" over {seconds:.1f}s" if seconds is not None else ""
+    return f"Retries exhausted: gave up after {retries} retries{over}; last cause: {dependency} {describe(cause)}"
+
+
+def held_back(dependency: str, reason: str, exc=None) -> str:
+    after = f" after {describe(exc)}" if exc is not None else ""
     return (
-        f"Retries exhausted: gave up after {retries} retries over {seconds:.1f}s; "
-        f"last cause: {dependency} {describe(cause)}"
+        f"Result held back{after}: workers are paused while {dependency} is down ({reason}); "
+        "it returns to the queue without spending a retry."
     )
-
-
-def invalid_result(image_id, problem: str) -> str:
-    which = f"image {image_id}" if image_id is not None else "an unidentified image"
-    return f"Invalid result for {which}: {problem}. The image is recorded as failed; the job goes on."
-
-
-def service_error(image_id, error: str) -> str:
-    return f"Processing service failed on image {image_id}: {error}"

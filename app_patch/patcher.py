@@ -1,131 +1,160 @@
-"""Apply the fix to an Antenna-shaped host at start-up, idempotently.
+"""Apply the fix to an Antenna-shaped host at start-up, idempotently, and undo it exactly.
 
-Patched: the state manager's ``update_state``, the queue manager's ``acknowledge_task``
-(confirmed ack) and the result task's ``run`` (retries, accurate failures). A host that
-already has an equivalent fix (its result task auto-retries Redis connection errors) is
-left alone, and the log says so.
+Patched (each original kept in its wrapper's closure and in the install record):
+- the state manager's ``update_state`` (state.py) and ``cleanup`` (also drops the claim hashes);
+- the queue manager's ``acknowledge_task`` (a JetStream-confirmed ack, ack.py);
+- the tasks module's ``_ack_task_via_nats`` (notes an unconfirmed ack) and
+  ``_update_job_progress`` (result counts only from the delivery that moved the image);
+- the result task's ``run`` (result_task.py), around whatever the host has there,
+  its own ``autoretry_for`` wrapper included.
+
+A host without the shapes the patch needs (host.py) is not patched at all: the log and
+the system check ``blipguard.W016`` say what is missing.
 """
 
-import functools
-import logging
-from dataclasses import dataclass, field
+from __future__ import annotations
 
-from . import result_task, state
-from .ack import make_acknowledge_task
+import functools
+import inspect
+import logging
+from dataclasses import dataclass, field, replace
+
+from . import context, result_task, state
+from .ack import make_acknowledge_task, wrap_ack_helper
 from .config import Config, from_django
 from .host import Host, set_host
 
 logger = logging.getLogger("blipguard.app_patch")
 
 MARK = "blipguard_patched"
+COUNTS = ("detections", "classifications", "captures")
 
 
 @dataclass
 class InstallReport:
     patched: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # why the host cannot be patched
 
     def __str__(self) -> str:
+        if self.refused:
+            return "not patched: the host lacks what the patch needs: " + "; ".join(self.refused)
         parts = []
-        for title, items in (("patched", self.patched), ("already patched", self.already), ("left alone", self.skipped)):
+        for title, items in (("patched", self.patched), ("already patched", self.already)):
             if items:
                 parts.append(f"{title}: {', '.join(items)}")
         return "; ".join(parts) or "nothing to do"
 
 
-def has_equivalent_fix(task) -> bool:
-    """The host's task already retries Redis connection errors by itself."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    retry_for = tuple(getattr(task, "autoretry_for", ()) or ())
-    covered = any(isinstance(t, type) and issubclass(RedisConnectionError, t) for t in retry_for)
-    return covered and (getattr(task, "max_retries", 0) or 0) > 0
+@dataclass
+class _Installed:
+    host: Host
+    originals: list[tuple[object, str, object, bool]]  # owner, name, original, owned it
+    labels: list[str]
 
 
-def _patched_update_state(self, processed_image_ids, stage, failed_image_ids=None, **kwargs):
-    return state.update_state(self, processed_image_ids, stage, failed_image_ids, **kwargs)
+_installed: _Installed | None = None
+_last_report: InstallReport | None = None
 
 
-setattr(_patched_update_state, MARK, True)
+def last_report() -> InstallReport | None:
+    """What the last install did (the system checks read it)."""
+    return _last_report
 
 
-def _patched_cleanup(self, *args, **kwargs):
-    result = _patched_cleanup.blipguard_original(self, *args, **kwargs)
-    state.cleanup_extra(self)
-    return result
+def _wrap_update_state(original, host: Host):
+    @functools.wraps(original)
+    def update_state(self, processed_image_ids, stage, failed_image_ids=None):
+        return state.update_state(self, processed_image_ids, stage, failed_image_ids, host=host)
+
+    return update_state
 
 
-setattr(_patched_cleanup, MARK, True)
+def _wrap_cleanup(original):
+    @functools.wraps(original)
+    def cleanup(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        state.cleanup_extra(self)
+        return result
+
+    return cleanup
 
 
-def _patch_attr(owner, name: str, new, label: str, report: InstallReport) -> None:
-    current = getattr(owner, name)
-    if getattr(current, MARK, False):
-        report.already.append(label)
-        return
-    setattr(new, "blipguard_original", current)
-    setattr(owner, name, new)
-    report.patched.append(label)
+def _wrap_update_progress(original):
+    """Result counts reach the host's progress only from the delivery that moved the image
+    out of the results stage (the pre-fix host adds them on every call, so a NATS
+    redelivery doubled them)."""
+    signature = inspect.signature(original)
 
+    @functools.wraps(original)
+    def _update_job_progress(*args, **kwargs):
+        run = context.current()
+        if run is not None and run.newly.get("results", 1) == 0:
+            try:
+                stage = signature.bind_partial(*args, **kwargs).arguments.get("stage")
+            except TypeError:
+                stage = None
+            if stage == "results":
+                kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
+        return original(*args, **kwargs)
 
-def _patch_task(task, host: Host, label: str, report: InstallReport) -> None:
-    current = task.run
-    if getattr(current, MARK, False):
-        report.already.append(label)
-        return
-
-    @functools.wraps(current)
-    def run(*args, **kwargs):
-        return result_task.run(task, *args, **kwargs)
-
-    setattr(run, MARK, True)
-    run.blipguard_original = current
-    task.run = run
-    task.max_retries = host.config.max_retries
-    # A retry carries its history (first failure time) in one extra keyword argument;
-    # Celery would reject it against the host function's signature.
-    task.typing = False
-    report.patched.append(label)
+    return _update_job_progress
 
 
 def install(config: Config | None = None) -> InstallReport:
+    global _installed, _last_report
     cfg = config or from_django()
-    host = Host(cfg)
     report = InstallReport()
-    task_path = cfg.targets["RESULT_TASK"]
-    task = host.target("RESULT_TASK")
-    if has_equivalent_fix(task) and not getattr(task.run, MARK, False) and not cfg.force:
-        report.skipped.append(f"{task_path} (it already retries Redis errors: an equivalent fix is in place)")
+    _last_report = report
+    if _installed is not None:
+        report.already.extend(_installed.labels)
         logger.info("blipguard: %s", report)
         return report
+    host = Host(cfg)
+    report.refused = host.shape_problems()
+    if report.refused:
+        logger.warning("blipguard: %s", report)
+        return report
+    host = Host(replace(cfg, result_queue=host.result_queue()))
+    t = cfg.targets
+    manager, tasks, task = host.target("STATE_MANAGER"), host.target("TASKS_MODULE"), host.target("RESULT_TASK")
+    ack_name, progress_name = cfg.helpers["ACK"], cfg.helpers["UPDATE_PROGRESS"]
+    plan = [
+        (manager, "update_state", lambda o: _wrap_update_state(o, host), f"{t['STATE_MANAGER']}.update_state"),
+        (manager, "cleanup", _wrap_cleanup, f"{t['STATE_MANAGER']}.cleanup"),
+        (host.target("QUEUE_MANAGER"), "acknowledge_task", lambda o: make_acknowledge_task(lambda: host.config.ack_timeout),
+         f"{t['QUEUE_MANAGER']}.acknowledge_task"),
+        (tasks, ack_name, wrap_ack_helper, f"{t['TASKS_MODULE']}.{ack_name}"),
+        (tasks, progress_name, _wrap_update_progress, f"{t['TASKS_MODULE']}.{progress_name}"),
+        (task, "run", lambda o: result_task.wrap_run(task, o, host), f"{t['RESULT_TASK']}.run"),
+    ]
+    originals = []
+    for owner, name, make, label in plan:
+        original = getattr(owner, name)
+        wrapper = make(original)
+        setattr(wrapper, MARK, True)
+        originals.append((owner, name, original, name in vars(owner)))
+        setattr(owner, name, wrapper)
+        report.patched.append(label)
+    _installed = _Installed(host, originals, list(report.patched))
     set_host(host)
-    _patch_attr(
-        host.target("STATE_MANAGER"), "update_state", _patched_update_state,
-        f"{cfg.targets['STATE_MANAGER']}.update_state", report,
-    )
-    _patch_attr(
-        host.target("STATE_MANAGER"), "cleanup", _patched_cleanup, f"{cfg.targets['STATE_MANAGER']}.cleanup", report
-    )
-    ack = make_acknowledge_task(lambda: host.config.ack_timeout)
-    _patch_attr(
-        host.target("QUEUE_MANAGER"), "acknowledge_task", ack, f"{cfg.targets['QUEUE_MANAGER']}.acknowledge_task", report
-    )
-    _patch_task(task, host, task_path, report)
-    logger.info("blipguard: %s", report)
+    logger.info("blipguard: %s (ack_wait %gs, result queue %s)", report, host.ack_wait(), host.config.result_queue)
     return report
 
 
-def uninstall(config: Config | None = None) -> None:
-    """Restore the host's originals (for tests and for switching the fix off at run time)."""
-    cfg = config or from_django()
-    host = Host(cfg)
-    for key, name in (("STATE_MANAGER", "update_state"), ("STATE_MANAGER", "cleanup"), ("QUEUE_MANAGER", "acknowledge_task")):
-        owner = host.target(key)
-        current = getattr(owner, name)
-        if getattr(current, MARK, False):
-            setattr(owner, name, current.blipguard_original)
-    task = host.target("RESULT_TASK")
-    if getattr(task.run, MARK, False):
-        task.run = task.run.blipguard_original
+def uninstall() -> None:
+    """Put back exactly what was there (for tests, and for switching the fix off)."""
+    global _installed
+    if _installed is None:
+        return
+    for owner, name, original, owned in reversed(_installed.originals):
+        if owned:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)
+    _installed = None
     set_host(None)
+
+
+def is_installed() -> bool:
+    return _installed is not None

@@ -3,7 +3,8 @@
 django-redis passes only PASSWORD, SOCKET_TIMEOUT and SOCKET_CONNECT_TIMEOUT from
 ``OPTIONS`` to the connection and silently ignores other keys there; everything else has
 to go through ``CONNECTION_POOL_KWARGS``. Use :func:`cache_options` for the cache that
-holds the job state; the system checks (checks.py) verify the live connection.
+holds the job state: it merges into the host's own ``OPTIONS``; the system checks
+(checks.py) verify the live connection.
 """
 
 import logging
@@ -37,7 +38,7 @@ class ReportingRetry(Retry):
 
 
 def _report(error: Exception, failure: int, retries: int) -> None:
-    job_id = current_job_id.get()
+    job_id = current_job_id()
     will_retry = failure <= retries
     what = f"the Redis client retried (retry {failure} of {retries})" if will_retry else "the Redis client gave up"
     message = f"Redis connection error: {describe(error)}; {what}."
@@ -76,14 +77,37 @@ def connection_pool_kwargs(
     }
 
 
-def cache_options(socket_timeout: float = 5.0, connect_timeout: float = 3.0, **pool_kwargs) -> dict:
-    """``CACHES[alias]["OPTIONS"]`` for a django-redis cache that holds job state."""
-    return {
-        "CLIENT_CLASS": "django_redis.client.DefaultClient",
-        "SOCKET_TIMEOUT": socket_timeout,
-        "SOCKET_CONNECT_TIMEOUT": connect_timeout,
-        "CONNECTION_POOL_KWARGS": connection_pool_kwargs(**pool_kwargs),
-    }
+# OPTIONS keys hosts set that django-redis never passes on: their pool-kwarg names.
+TRANSLATED = {"SOCKET_KEEPALIVE": "socket_keepalive", "SOCKET_KEEPALIVE_OPTIONS": "socket_keepalive_options"}
+
+
+def cache_options(
+    options: dict | None = None, *, socket_timeout: float = 5.0, connect_timeout: float = 3.0, **pool_kwargs
+) -> dict:
+    """``CACHES[alias]["OPTIONS"]`` for a django-redis cache that holds job state.
+
+    Merges into the host's ``options``: its keys stay (``IGNORE_EXCEPTIONS``, its client
+    class, its own timeouts and pool kwargs win over these defaults), and the keepalive keys
+    django-redis ignores are moved into ``CONNECTION_POOL_KWARGS`` with the host's values.
+    What is missing is added: read and connect timeouts, keepalive, health checks, and
+    retry with backoff (``pool_kwargs`` go to :func:`connection_pool_kwargs`).
+    """
+    merged = dict(options or {})
+    host_pool = dict(merged.pop("CONNECTION_POOL_KWARGS", None) or {})
+    for key, kwarg in TRANSLATED.items():
+        if key in merged:
+            host_pool.setdefault(kwarg, merged.pop(key))
+    if "socket_keepalive_options" in host_pool:
+        host_pool["socket_keepalive_options"] = dict(host_pool["socket_keepalive_options"])
+    merged.setdefault("CLIENT_CLASS", "django_redis.client.DefaultClient")
+    merged.setdefault("SOCKET_TIMEOUT", socket_timeout)
+    merged.setdefault("SOCKET_CONNECT_TIMEOUT", connect_timeout)
+    pool = {**connection_pool_kwargs(**pool_kwargs), **host_pool}
+    if not pool.get("socket_keepalive"):
+        # The host asked for no keepalive (e.g. an env var set to False): respect it.
+        pool.pop("socket_keepalive_options", None)
+    merged["CONNECTION_POOL_KWARGS"] = pool
+    return merged
 
 
 def worst_attempt_seconds(connection_kwargs: dict) -> float:

@@ -1,211 +1,153 @@
-"""The fixed result task: transient failures retry, terminal ones fail accurately.
+"""The wrapper around the host's result task: its body runs unchanged inside.
 
-Order of work, per result: validate -> state `process` -> progress -> save results ->
-confirmed NATS ack -> state `results` -> progress. Every step is idempotent, so a retried
-or redelivered result never double-counts: progress comes from Redis set sizes, counters
-are added only by the call that moved the image out of the pending set, and the host's
-save is keyed by image.
+What the wrapper adds, on both platform versions:
+- a transient failure is retried with a bounded backoff fitted inside the consumer's
+  ack_wait, never turned into a failed job; the pre-fix body's swallowed errors (after its
+  ack) and an ack JetStream did not confirm are retried too (see context.py);
+- where the host retries by itself (``autoretry_for``), its retries are kept and written
+  to the job's own log, and when they run out the job is failed with the real cause
+  instead of waiting in STARTED for a reaper;
+- while the worker is paused, results go back to the broker untouched (no Redis, no
+  retry spent); the in-worker breaker is fed;
+- an unconfirmed ack is retried alone: the body, whose counters are already written,
+  does not run twice.
 """
 
-import asyncio
+from __future__ import annotations
+
+import functools
 import logging
 import time
 
-from . import messages
+from . import context, messages
 from .classify import classify
-from .context import working_for
-from .errors import InvalidResult, JobStateMissing, TransientDependencyError, describe
-from .host import Host, current_host
-from .pause import board
-from .pause.leases import record_failure
-from .payload import ParsedResult, best_image_id, parse_result
+from .errors import TransientDependencyError, describe
+from .pause import board, breaker
 from .policy import policy_for
 
 logger = logging.getLogger(__name__)
 
-RETRY_KWARG = "blipguard_retry"
-FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "CANCELED", "CANCELLED"})
+HEADER = "blipguard"  # retry history carried in the Celery message headers
 
 
-def run(task, job_id: int, result_data, reply_subject: str, blipguard_retry: dict | None = None, **_):
-    host = current_host()
-    job = host.job(job_id)
-    status = getattr(job, "status", None)
-    job_logger = host.job_logger(job_id, job)
-    if status in FINAL_STATUSES:
-        # A late result for a job that already ended: its stream and consumer are gone
-        # with its cleanup, so there is nothing to ack and nothing to change.
-        logger.info("result for job %s ignored: the job is already %s", job_id, status)
-        return
+def wrap_run(task, original, host):
+    """A ``run`` for ``task`` that calls ``original`` (the host's, held in this closure)."""
+
+    @functools.wraps(original)
+    def run(*args, **kwargs):
+        return _run(task, original, host, args, kwargs)
+
+    return run
+
+
+def _arguments(args, kwargs) -> tuple[int, str]:
+    names = ("job_id", "result_data", "reply_subject")
+    values = dict(zip(names, args), **kwargs)
+    return values["job_id"], values["reply_subject"]
+
+
+def retry_info(request) -> dict:
+    info = getattr(request, HEADER, None) or (getattr(request, "headers", None) or {}).get(HEADER)
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def _run(task, original, host, args, kwargs):
+    job_id, reply_subject = _arguments(args, kwargs)
+    info = retry_info(task.request)
     held = board.paused_for()
     if held:
-        _hold_back(task, job_logger, held)
-    retry_info = dict(blipguard_retry or {})
-    with working_for(job_id, task.request.id):
-        try:
-            parsed = _parse(host, job_id, result_data, reply_subject, job_logger)
-            if parsed is not None:
-                _process(host, job_id, parsed, result_data, reply_subject, job_logger)
-        except JobStateMissing as e:
-            job = host.job(job_id)
-            if getattr(job, "status", None) in FINAL_STATUSES:
-                return  # another result already ended the job and cleaned up
-            _ack_quietly(host, reply_subject, job_logger)
-            host.fail_job(job_id, str(e))
-            return
-        except Exception as e:
-            c = classify(e)
-            if not c.transient:
+        _hold_back(task, host, job_id, info, held)
+    run = context.TaskRun(job_id, delivery=task.request.id)
+    with context.running(run):
+        if info.get("ack_only"):
+            host.helper("ACK")(reply_subject, host.job_logger(job_id))
+        else:
+            try:
+                original(*args, **kwargs)
+            except Exception as e:
+                _failed(task, host, job_id, e, run, info)
                 raise
-            dependency = c.dependency or "a dependency"
-            _trip_breaker(task, host, dependency, e)
-            held = board.paused_for()
-            if held:
-                _hold_back(task, job_logger, held, e)
-            _retry_or_give_up(task, host, job_id, e, dependency, retry_info, job_logger)
-            return
-    _breaker_success()
-    if retry_info:
-        waited = time.time() - retry_info.get("first_failure", time.time())
-        job_logger.info(messages.recovered(retry_info.get("dependency", "dependency"), task.request.retries, waited))
+        if run.transient is not None:  # the pre-fix body swallowed it after its ack
+            _transient(task, host, job_id, run.transient, info, ack_only=False)
+        elif run.ack_unconfirmed is not None and run.missing_state is None:
+            cause = TransientDependencyError("nats", run.ack_unconfirmed, "acknowledging the task")
+            _transient(task, host, job_id, cause, info, ack_only=True)
+    breaker.on_success()
+    if info.get("first_failure"):
+        waited = time.time() - info["first_failure"]
+        host.job_logger(job_id).info(messages.recovered(info.get("dependency", "a dependency"), task.request.retries, waited))
 
 
-def _parse(host: Host, job_id: int, data, reply_subject: str, job_logger) -> ParsedResult | None:
-    try:
-        return parse_result(data)
-    except InvalidResult as e:
-        image_id = task_image_id(host, reply_subject)
-        if image_id is None:
-            image_id = e.image_id if e.image_id is not None else best_image_id(data)
-        if image_id is None:
-            job_logger.error(
-                messages.invalid_result(None, e.problem) + " The task could not be matched to an image;"
-                " it is acknowledged so it is not redelivered with the same payload."
-            )
-            _ack_quietly(host, reply_subject, job_logger)
-            return None
-        return ParsedResult((image_id,), (image_id,), e.problem, 0, invalid=True)
+def _failed(task, host, job_id: int, exc: Exception, run, info: dict) -> None:
+    """The body raised. Retry a transient cause; let anything else through unchanged."""
+    from celery.exceptions import Retry
+
+    if isinstance(exc, Retry):  # the host's own autoretry scheduled a retry
+        _note_host_retry(task, host, job_id, exc, run)
+        return
+    c = classify(exc)
+    if not c.transient:
+        return
+    if isinstance(exc, tuple(getattr(task, "autoretry_for", None) or ())):
+        # The host retries this by itself: reaching here means its retries ran out.
+        _give_up(task, host, job_id, exc, c.dependency, info, seconds=None)
+        return
+    _transient(task, host, job_id, exc, info, ack_only=False)
 
 
-def _process(host: Host, job_id: int, r: ParsedResult, data, reply_subject: str, job_logger) -> None:
-    state = host.state_manager(job_id)
-    p = state.update_state(list(r.image_ids), stage="process", failed_image_ids=list(r.failed_ids))
-    if p.newly_done == 0 and r.error is None:
-        # Nothing moved: a duplicate, or a result naming images outside the job.
-        expected = task_image_id(host, reply_subject)
-        if expected is not None and expected not in r.image_ids:
-            problem = f"result names image(s) {list(r.image_ids)}, but the task was for image {expected}"
-            invalid = ParsedResult((expected,), (expected,), problem, 0, invalid=True)
-            return _process(host, job_id, invalid, data, reply_subject, job_logger)
-    host.update_progress(job_id, "process", p.percentage, processed=p.processed, remaining=p.remaining, failed=p.failed)
-    if r.error is not None:
-        if p.newly_done:
-            log = messages.invalid_result if r.invalid else messages.service_error
-            job_logger.error(log(r.image_ids[0], r.error))
-    else:
-        host.save_results(data, job_id)
-    if not host.ack(reply_subject, job_logger):
-        raise TransientDependencyError("nats", "JetStream did not confirm the ack", "acknowledging the task")
-    s = state.update_state(list(r.image_ids), stage="results")
-    host.update_progress(
-        job_id,
-        "results",
-        s.percentage,
-        processed=s.processed,
-        remaining=s.remaining,
-        failed=s.failed,
-        detections=r.detections if s.newly_done else 0,
+def _note_host_retry(task, host, job_id: int, retry, run) -> None:
+    cause = retry.exc
+    dependency = classify(cause).dependency if cause is not None else ""
+    breaker.on_transient(task, dependency, cause, host.config)
+    if "process" in run.newly:
+        return  # past the first stage the host writes this to the job log itself
+    when = retry.when
+    countdown = when if isinstance(when, (int, float)) else None
+    host.job_logger(job_id).warning(
+        messages.host_retry(dependency or "a dependency", cause, task.request.retries + 1, task.max_retries, countdown)
     )
 
 
-def _retry_or_give_up(task, host: Host, job_id: int, exc: Exception, dependency: str, info: dict, job_logger):
-    now = time.time()
-    info.setdefault("first_failure", now)
-    info["dependency"] = dependency
+def _transient(task, host, job_id: int, exc: BaseException, info: dict, ack_only: bool) -> None:
+    """Retry (raises celery's Retry) or, when the retries are used up, fail the job."""
+    from celery.exceptions import Ignore
+
+    dependency = classify(exc).dependency or "a dependency"
+    job = host.job(job_id)
+    if job is None or job.status in messages.FINAL_STATUSES:
+        logger.info("job %s ended meanwhile; not retrying after %s", job_id, describe(exc))
+        raise Ignore()
+    info = {**info, "dependency": dependency, "ack_only": ack_only}
+    info.setdefault("first_failure", time.time())
+    breaker.on_transient(task, dependency, exc, host.config)
+    held = board.paused_for()
+    if held:
+        _hold_back(task, host, job_id, info, held, exc)
     policy = policy_for(host)
     done = task.request.retries
     operation = exc.operation if isinstance(exc, TransientDependencyError) and exc.operation else "processing a result"
     cause = exc.cause if isinstance(exc, TransientDependencyError) else exc
-    if done < policy.max_retries:
-        countdown = policy.countdown(done)
-        job_logger.warning(messages.transient(dependency, operation, cause, done + 1, policy.max_retries, countdown))
-        kwargs = {**(task.request.kwargs or {}), RETRY_KWARG: info}
-        raise task.retry(countdown=countdown, max_retries=policy.max_retries, exc=exc, kwargs=kwargs)
-    host.fail_job(job_id, messages.retries_exhausted(done, now - info["first_failure"], dependency, cause))
+    if done >= policy.max_retries:
+        _give_up(task, host, job_id, cause, dependency, info, seconds=time.time() - info["first_failure"])
+        raise Ignore()
+    countdown = policy.countdown(done)
+    job.logger.warning(messages.transient(dependency, operation, cause, done + 1, policy.max_retries, countdown))
+    raise task.retry(countdown=countdown, max_retries=policy.max_retries, exc=exc, headers={HEADER: info})
 
 
-def _hold_back(task, job_logger, held: dict, exc: Exception | None = None):
+def _give_up(task, host, job_id: int, cause, dependency: str, info: dict, seconds: float | None) -> None:
+    if seconds is None and info.get("first_failure"):
+        seconds = time.time() - info["first_failure"]
+    host.fail_job(job_id, messages.retries_exhausted(task.request.retries, seconds, dependency, cause))
+
+
+def _hold_back(task, host, job_id: int, info: dict, held: dict, exc: BaseException | None = None):
     """While the worker is paused, send the task back to the broker untouched: no Redis,
     no retry spent. It waits in the queue until the pause ends."""
     from celery.exceptions import Ignore
 
     req = task.request
-    task.signature_from_request(req, req.args, req.kwargs, retries=req.retries).apply_async()
-    why = f" after {describe(exc)}" if exc is not None else ""
-    job_logger.info(
-        f"Result held back{why}: workers are paused while {held['dependency']} is down ({held['reason']}); "
-        "it returns to the queue without spending a retry."
-    )
+    options = {"headers": {HEADER: info}} if info else {}
+    task.signature_from_request(req, req.args, req.kwargs, retries=req.retries, **options).apply_async()
+    host.job_logger(job_id).info(messages.held_back(held["dependency"], held["reason"], exc))
     raise Ignore()
-
-
-def _trip_breaker(task, host: Host, dependency: str, exc: Exception) -> None:
-    cfg = host.config
-    b = board.current()
-    if not cfg.breaker or b is None or dependency not in ("redis", "nats"):
-        return
-    tripped = []
-
-    def count(d: dict) -> dict:
-        failures, trip = record_failure(d.get("failures", {}), dependency, cfg.breaker_threshold)
-        tripped.append(trip)
-        return {**d, "failures": failures}
-
-    b.update(count)
-    if not tripped[0] or board.paused_for():
-        return
-    from .pause.worker import PAUSE
-
-    reason = f"{cfg.breaker_threshold} consecutive transient errors, last: {describe(exc)}"[:200]
-    logger.warning("breaker tripped for %s on %s: %s", dependency, task.request.hostname, reason)
-    b.update(lambda d: {**d, "leases": {**d.get("leases", {}), dependency: {"until": time.time() + cfg.breaker_lease, "reason": reason}}})
-    task.app.control.broadcast(
-        PAUSE,
-        arguments={"lease": cfg.breaker_lease, "reason": reason, "dependency": dependency, "source": "breaker"},
-        destination=[task.request.hostname],
-    )
-
-
-def _breaker_success() -> None:
-    b = board.current()
-    if b is not None and b.read().get("failures"):
-        b.update(lambda d: {**d, "failures": {}})
-
-
-def _ack_quietly(host: Host, reply_subject: str, job_logger) -> None:
-    try:
-        host.ack(reply_subject, job_logger)
-    except Exception as e:  # settling a message for a finished job is best effort
-        logger.warning("could not acknowledge %s: %s", reply_subject, e)
-
-
-def task_image_id(host: Host, reply_subject: str) -> int | None:
-    """The image the NATS task was for, read back from the stream by its sequence."""
-    from .ack import stream_and_seq
-
-    where = stream_and_seq(reply_subject)
-    if where is None:
-        return None
-
-    async def read() -> int | None:
-        async with host.target("QUEUE_MANAGER")() as manager:
-            msg = await manager.js.get_msg(*where)
-            import json
-
-            return int(json.loads(msg.data)["image_id"])
-
-    try:
-        return asyncio.run(read())
-    except Exception as e:
-        logger.info("could not read the task behind %s: %s", reply_subject, e)
-        return None

@@ -55,29 +55,35 @@ def fit_to_ack_wait(
     attempt_max: float = 0.0,
     budget_fraction: float = 0.8,
 ) -> RetryPolicy:
-    """The requested policy with its cap lowered until the whole window fits inside
-    ``budget_fraction * ack_wait``, so JetStream never redelivers a task we are still
-    retrying. Raises ConfigurationError, naming the numbers, when nothing fits."""
+    """The requested policy, fitted so the whole window stays inside
+    ``budget_fraction * ack_wait`` and JetStream never redelivers a task we are still
+    retrying: first the cap is lowered, then, if even that cannot fit, retries are
+    dropped one by one (down to none). Compare the result with the request to report it."""
     if ack_wait <= 0:
         raise ConfigurationError(f"ack_wait must be > 0 seconds, got {ack_wait}")
     if not 0 < budget_fraction <= 1:
         raise ConfigurationError(f"RETRY_BUDGET_FRACTION must be in (0, 1], got {budget_fraction}")
+    RetryPolicy(max_retries, base, cap, attempt_max)  # validates the request itself
     budget = ack_wait * budget_fraction
-    policy = RetryPolicy(max_retries, base, cap, attempt_max)
+    for retries in range(max_retries, 0, -1):
+        fitted = _fit_cap(budget, retries, base, cap, attempt_max)
+        if fitted is not None:
+            return fitted
+    return RetryPolicy(0, base, cap, attempt_max)
+
+
+def _fit_cap(budget: float, retries: int, base: float, cap: float, attempt_max: float) -> RetryPolicy | None:
+    policy = RetryPolicy(retries, base, cap, attempt_max)
     if policy.max_window <= budget:
         return policy
-    fixed = (max_retries + 1) * attempt_max
+    if (retries + 1) * attempt_max >= budget:
+        return None
     lo, hi = 0.0, min(cap, budget)  # any cap that fits is at most the budget
     for _ in range(60):  # bisect the largest cap that fits
         mid = (lo + hi) / 2
-        if mid > 0 and RetryPolicy(max_retries, min(base, mid), mid, attempt_max).max_window <= budget:
+        if mid > 0 and RetryPolicy(retries, min(base, mid), mid, attempt_max).max_window <= budget:
             lo = mid
         else:
             hi = mid
-    if lo <= 0.01 or fixed >= budget:
-        raise ConfigurationError(
-            f"{max_retries} retries cannot fit inside ack_wait={ack_wait:g}s "
-            f"(budget {budget:g}s; each attempt may block up to {attempt_max:g}s): "
-            "raise the consumer's ack_wait or lower MAX_RETRIES or the Redis timeouts"
-        )
-    return RetryPolicy(max_retries, min(base, lo), lo, attempt_max)
+    # A cap under 50 ms is no backoff at all: better one retry fewer.
+    return RetryPolicy(retries, min(base, lo), lo, attempt_max) if lo >= 0.05 else None

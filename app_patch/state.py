@@ -1,50 +1,26 @@
-"""The job-state update, fixed: transient errors raise, missing state is proven.
+"""``AsyncJobStateManager.update_state``, fixed, with the host's contract kept.
 
-Installed as ``AsyncJobStateManager.update_state`` on the host; uses the host manager's
-own key names and Redis connection, so the key layout stays the host's. One pipeline,
-one round trip: the same Redis cost as the code it replaces.
+Same keys (the host's own ``_get_pending_key(stage)``, ``_failed_key``, ``_total_key``),
+same single MULTI/EXEC round trip, same return values: the host's ``JobStateProgress``,
+or ``None`` only when the job's total key is really gone. A Redis error is raised as the
+``RedisError`` it is (the current platform's contract, which its ``autoretry_for`` and
+``except RedisError: raise`` rely on); the pre-fix platform turned it into ``None``, which
+its task read as "state missing" and failed the job.
+
+What it adds: ``newly_removed`` counts the images *this delivery* moved out of the stage's
+pending set, so a replay after a lost reply still counts once and a NATS redelivery does
+not count again (see CLAIM); and a missing-state diagnosis in the job's own log.
 """
 
+from __future__ import annotations
+
+import hashlib
+import logging
 import time
-from dataclasses import dataclass
 
+from . import context
 from .classify import classify
-from .context import current_delivery
-from .diagnosis import MissingStateFacts, explain
-from .errors import JobStateMissing, TransientDependencyError
-
-
-@dataclass(frozen=True)
-class StageProgress:
-    total: int
-    remaining: int
-    failed: int
-    newly_done: int  # images this call moved out of the stage's pending set
-
-    @property
-    def processed(self) -> int:
-        return self.total - self.remaining
-
-    @property
-    def percentage(self) -> float:
-        return 1.0 if self.total == 0 else self.processed / self.total
-
-
-def _ids(values) -> list[str]:
-    return [str(v) for v in values or ()]
-
-
-def _transient_or_raise(e: Exception, operation: str):
-    c = classify(e)
-    if c.transient:
-        raise TransientDependencyError(c.dependency or "redis", e, operation) from e
-    raise e
-
-
-def owner_key(manager, stage: str) -> str:
-    """Hash of image -> the delivery that moved it through `stage` (it alone counts it)."""
-    return f"{manager._pending_key(stage)}:owner"
-
+from .diagnosis import FINAL_STATUSES, MissingStateFacts, explain
 
 # Moves images out of a stage's pending set; the delivery that moved an image owns it.
 # A replay by the same delivery (its reply was lost) still counts; another delivery of
@@ -62,46 +38,89 @@ end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return n
 """
+CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest()
 
 
-def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None, **_ignored) -> StageProgress:
-    """One MULTI/EXEC round trip: the same Redis cost as the code it replaces.
+def owner_key(manager, stage: str) -> str:
+    """Hash of image -> the delivery that moved it through ``stage``."""
+    return f"{manager._get_pending_key(stage)}:owner"
 
-    With a delivery token in context (set by the result task) counters stay exact even
-    when a command was applied and its reply never came: see CLAIM."""
-    ids, failed = _ids(processed_image_ids), _ids(failed_image_ids)
-    pending_key = manager._pending_key(stage)
+
+def _ids(values) -> list[str]:
+    return [str(v) for v in values or ()]
+
+
+def _execute(manager, stage: str, ids: list[str], failed: list[str], delivery: str | None, by_sha: bool):
+    pending_key = manager._get_pending_key(stage)
     failed_key = manager._failed_key
-    ttl = getattr(manager, "TIMEOUT", 7 * 86400)
-    delivery = current_delivery.get()
+    ttl = int(getattr(manager, "TIMEOUT", 7 * 86400))
+    pipe = manager._get_redis().pipeline()
+    if ids and delivery:
+        args = (2, pending_key, owner_key(manager, stage), delivery, ttl, *ids)
+        pipe.evalsha(CLAIM_SHA, *args) if by_sha else pipe.eval(CLAIM, *args)
+    elif ids:
+        pipe.srem(pending_key, *ids)
+    if failed:
+        pipe.sadd(failed_key, *failed)
+        pipe.expire(failed_key, ttl)
+    pipe.scard(pending_key)
+    pipe.scard(failed_key)
+    pipe.get(manager._total_key)
+    return pipe.execute()
+
+
+def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None, *, host):
+    from redis.exceptions import NoScriptError
+
+    ids, failed = _ids(processed_image_ids), _ids(failed_image_ids)
+    run = context.current()
+    delivery = run.delivery if run is not None else None
     try:
-        pipe = manager._get_redis().pipeline()
-        if ids and delivery:
-            pipe.eval(CLAIM, 2, pending_key, owner_key(manager, stage), delivery, int(ttl), *ids)
-        elif ids:
-            pipe.srem(pending_key, *ids)
-        else:
-            pipe.scard(pending_key)
-        if failed:
-            pipe.sadd(failed_key, *failed)
-            pipe.expire(failed_key, ttl)
-        pipe.scard(pending_key)
-        pipe.scard(failed_key)
-        pipe.get(manager._total_key)
-        results = pipe.execute()
+        try:
+            results = _execute(manager, stage, ids, failed, delivery, by_sha=True)
+        except NoScriptError:  # first use since Redis started: send the script once in full
+            results = _execute(manager, stage, ids, failed, delivery, by_sha=False)
     except Exception as e:
-        _transient_or_raise(e, f"update_state({stage})")
-    remaining, failed_count, total_raw = results[-3:]
+        if run is not None and classify(e).transient:
+            run.transient = e
+        raise
+    remaining, failed_count, total_raw = (int(results[-3]), int(results[-2]), results[-1])
     if total_raw is None:
-        raise JobStateMissing(manager.job_id, explain(missing_state_facts(manager)))
+        _report_missing(manager, stage, host, run)
+        return None
+    total = int(total_raw)
+    processed = total - remaining
+    percentage = processed / total if total else 1.0
     newly = int(results[0]) if ids else 0
-    return StageProgress(total=int(total_raw), remaining=int(remaining), failed=int(failed_count), newly_done=newly)
+    if run is not None:
+        run.newly[stage] = newly
+    logging.getLogger(type(manager).__module__).info(
+        f"Pending images from Redis for job {manager.job_id} {stage}: {remaining}/{total}: {percentage * 100}%"
+    )
+    return host.progress(
+        remaining=remaining, total=total, processed=processed, percentage=percentage, failed=failed_count,
+        newly_removed=newly,
+    )
 
 
 def cleanup_extra(manager) -> None:
-    """Delete what this module adds beside the host's keys."""
+    """Delete what this module adds beside the host's keys (best effort, like the host's)."""
     stages = getattr(manager, "STAGES", ("process", "results"))
-    manager._get_redis().delete(*[owner_key(manager, s) for s in stages])
+    try:
+        manager._get_redis().delete(*[owner_key(manager, s) for s in stages])
+    except Exception as e:  # noqa: BLE001 - the host's cleanup swallows Redis errors too
+        logging.getLogger(__name__).warning("could not delete claim hashes of job %s: %s", manager.job_id, e)
+
+
+def _report_missing(manager, stage: str, host, run) -> None:
+    facts = missing_state_facts(manager, host)
+    why = explain(facts)
+    if run is not None:
+        run.missing_state = why
+    # The host fails the job next and logs that at ERROR; a late result for a finished
+    # job is routine.
+    level = logging.INFO if facts.job_status in FINAL_STATUSES else logging.WARNING
+    host.job_logger(manager.job_id).log(level, f"Job state keys not found in Redis (stage={stage}): {why}")
 
 
 def redis_facts(redis) -> dict:
@@ -114,21 +133,15 @@ def redis_facts(redis) -> dict:
         facts["maxmemory_policy"] = info.get("maxmemory_policy") or redis.config_get("maxmemory-policy").get(
             "maxmemory-policy"
         )
-    except Exception:  # diagnosis is best effort: CONFIG may be disabled, Redis may blip
+    except Exception:  # noqa: BLE001 - diagnosis is best effort: CONFIG may be disabled, Redis may blip
         pass
     return facts
 
 
-def missing_state_facts(manager, job=None) -> MissingStateFacts:
-    """Gather what the diagnosis needs: the job's status and age, and Redis's facts."""
-    from .host import current_host
-
+def missing_state_facts(manager, host) -> MissingStateFacts:
     facts = redis_facts(manager._get_redis())
-    status, started = current_host().job_status_and_start(manager.job_id) if job is None else job
+    status, started = host.job_status_and_start(manager.job_id)
     age = None if started is None else time.time() - started
     return MissingStateFacts(
-        job_status=status,
-        job_age=age,
-        state_ttl=float(getattr(manager, "TIMEOUT", 7 * 86400)),
-        **facts,
+        job_status=status, job_age=age, state_ttl=float(getattr(manager, "TIMEOUT", 7 * 86400)), **facts
     )

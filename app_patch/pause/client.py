@@ -43,8 +43,13 @@ def pause(app, lease: float, reason: str, dependency: str = "redis", queue: str 
 
 
 def resume(app, dependency: str | None = None, timeout: float = 1.0, expect: int | None = None,
-           destination=None) -> FleetReply:
+           destination=None, source: str | None = None) -> FleetReply:
+    """End the pause. A worker whose own breaker holds it (it cannot reach the dependency
+    itself) stays paused until its probe answers: see `held_by_breaker` in its reply.
+    `source="breaker"` ends breaker holds instead, to override a breaker."""
     args = {} if dependency is None else {"dependency": dependency}
+    if source is not None:
+        args["source"] = source
     return _call(app, RESUME, args, timeout, expect, destination)
 
 

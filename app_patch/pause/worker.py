@@ -8,17 +8,19 @@ import logging
 import threading
 import time
 
-from . import board
-from .leases import InvalidPause, Leases, validate
+from . import board, breaker
+from .leases import BREAKER, OPERATOR, InvalidPause, Leases, check_source, validate
+from .probes import probe
 
 logger = logging.getLogger("blipguard.pause")
 
 PAUSE = "blipguard_pause"
 RESUME = "blipguard_resume"
 STATUS = "blipguard_pause_status"
+PUBLISH_WAIT = 0.2  # s the main process waits for the board's write lock at a time
 ALLOWED_ARGS = {
     PAUSE: {"queue", "lease", "reason", "dependency", "source"},
-    RESUME: {"queue", "dependency"},
+    RESUME: {"queue", "dependency", "source"},
     STATUS: set(),
 }
 
@@ -26,19 +28,33 @@ ALLOWED_ARGS = {
 class Controller:
     """One per worker main process."""
 
+    probe_interval = 1.0  # s between probes while the breaker holds
+    probe_timeout = 1.0  # s for one probe, connect included
+
     def __init__(self, queues: tuple[str, ...]):
         self.queues = queues
         self.leases = Leases()
         self.cancelled: set[str] = set()
         self.probing: set[str] = set()
+        self.breaker_holds: dict[str, tuple[float, str]] = {}  # dependency -> (lease s, reason) until the probe answers
+        self.probe = probe
         self._expiry_scheduled_for = 0.0
 
     # -- helpers ---------------------------------------------------------------
-    def _publish(self) -> None:
-        now = time.time()
-        data = {lease.dependency: {"until": lease.expires_at, "reason": lease.reason} for lease in self.leases.active(now)}
-        b = board.current() or board.create()
-        b.update(lambda d: {**d, "leases": data})
+    def _publish(self, consumer, reset_failures: tuple[str, ...] = ()) -> None:
+        view = self.leases.board_view(time.time())
+
+        def publish(data: dict) -> dict:
+            failures = {k: v for k, v in data.get("failures", {}).items() if k not in reset_failures}
+            return {**data, **view, "failures": failures}
+
+        try:
+            (board.current() or board.create()).update(publish, timeout=PUBLISH_WAIT)
+        except board.BoardBusy as e:
+            # A child is stuck holding the board: do not block the event loop (it enforces
+            # the time limit that will kill that child); try again shortly.
+            logger.warning("%s; retrying", e)
+            consumer.timer.call_after(PUBLISH_WAIT, self._publish, (consumer, reset_failures))
 
     def _check_queue(self, queue) -> list[str]:
         if queue is None:
@@ -71,36 +87,61 @@ class Controller:
             consumer.timer.call_after(max(0.0, until - time.time()) + 0.01, self.expire, (consumer,))
 
     # -- operations (on the event loop) ---------------------------------------
-    def pause(self, consumer, lease=None, reason="", dependency="redis", queue=None, source="operator") -> dict:
+    def pause(self, consumer, lease=None, reason="", dependency="redis", queue=None, source=OPERATOR) -> dict:
         seconds, reason, dependency = validate(lease, reason, dependency)
+        source = check_source(source)
         queues = self._check_queue(queue)
         now = time.time()
-        held, renewed = self.leases.pause(dependency, reason, seconds, now)
-        self._publish()
+        held, renewed = self.leases.pause(dependency, reason, seconds, now, source)
+        self._publish(consumer)
         self._stop_consuming(consumer, queues)
         self._schedule_expiry(consumer)
         if not renewed:
             logger.warning("paused %s for %s (%.0fs lease, by %s): %s", queues, dependency, seconds, source, reason)
-        if source == "breaker":
+        if source == BREAKER:
+            tripped_for, why = self.breaker_holds.get(dependency, (seconds, ""))  # renewals keep the trip's
+            self.breaker_holds[dependency] = (tripped_for, why or held.reason)
             self.start_probe(consumer, dependency)
         return {"ok": True, "paused": True, "renewed": renewed, "queues": queues, "lease": held.as_dict(now)}
 
-    def resume(self, consumer, queue=None, dependency=None) -> dict:
+    def resume(self, consumer, queue=None, dependency=None, source=OPERATOR) -> dict:
+        """End the pause for one dependency or all. An operator's resume (the default
+        source) leaves a breaker hold in force: that worker cannot reach the dependency
+        itself, and its probe ends the hold as soon as it can. ``source="breaker"`` ends
+        a breaker hold (the probe does that; on-call may too, to override it)."""
         self._check_queue(queue)
         if dependency is not None and not isinstance(dependency, str):
             raise InvalidPause(f"dependency must be a name, got {dependency!r:.40}")
-        ended = self.leases.resume(dependency)
-        self._publish()
-        if not self.leases.paused(time.time()):
+        source = check_source(source)
+        ended = self.leases.resume(dependency, source)
+        if source == BREAKER:
+            for dep in [dependency] if dependency else list(self.breaker_holds):
+                self.breaker_holds.pop(dep, None)
+        self._publish(consumer, tuple(lease.dependency for lease in ended if lease.source == BREAKER))
+        now = time.time()
+        if not self.leases.paused(now):
             self._start_consuming(consumer)
         if ended:
-            logger.warning("resumed %s (%s)", list(self.queues), ", ".join(lease.dependency for lease in ended))
-        return {"ok": True, "paused": self.leases.paused(time.time()), "ended": [lease.dependency for lease in ended]}
+            logger.warning("resumed %s (%s, by %s)", list(self.queues), ", ".join(lease.dependency for lease in ended), source)
+        held_by_breaker = sorted(lease.dependency for lease in self.leases.active(now) if lease.source == BREAKER)
+        if held_by_breaker and source != BREAKER:
+            logger.warning("still paused: this worker's breaker holds %s until its probe answers", held_by_breaker)
+        return {"ok": True, "paused": self.leases.paused(now), "ended": [lease.dependency for lease in ended],
+                "held_by_breaker": held_by_breaker}
 
     def expire(self, consumer) -> None:
         now = time.time()
         ended = self.leases.expire(now)
-        self._publish()
+        for lease in ended:
+            if lease.source == BREAKER and lease.dependency in self.breaker_holds:
+                # Normally the probe extends the lease well before this; if it could not
+                # (a lost control message, a dead probe thread), the hold still stands.
+                _, decision = breaker.step(breaker.State(holding=True), breaker.Event.LEASE_EXPIRED)
+                if decision is breaker.Decision.EXTEND:
+                    seconds, reason = self.breaker_holds[lease.dependency]
+                    self.leases.pause(lease.dependency, reason, seconds, now, BREAKER)
+                    self.start_probe(consumer, lease.dependency)
+        self._publish(consumer)
         if ended:
             logger.warning("pause lease expired for %s", ", ".join(lease.dependency for lease in ended))
         if not self.leases.paused(now):
@@ -125,29 +166,49 @@ class Controller:
             except (InvalidPause, KeyError):
                 continue
 
-    # -- breaker probe ---------------------------------------------------------
+    # -- breaker probe (its own thread; changes go through control commands) ---
     def start_probe(self, consumer, dependency: str) -> None:
         if dependency in self.probing:
             return
         self.probing.add(dependency)
-        hostname = consumer.hostname
-        app = consumer.app
         threading.Thread(
-            target=self._probe, args=(app, hostname, dependency), name=f"blipguard-probe-{dependency}", daemon=True
+            target=self._probe_loop, args=(consumer.app, consumer.hostname, dependency),
+            name=f"blipguard-probe-{dependency}", daemon=True,
         ).start()
 
-    def _probe(self, app, hostname: str, dependency: str) -> None:
-        from .probes import probe
-
+    def _probe_loop(self, app, hostname: str, dependency: str) -> None:
+        started = time.time()
         try:
-            while self.leases.paused(time.time()):
-                if probe(dependency):
+            while dependency in self.breaker_holds:
+                ok = self.probe(dependency, self.probe_timeout)
+                _, decision = breaker.step(breaker.State(holding=True),
+                                           breaker.Event.PROBE_OK if ok else breaker.Event.PROBE_FAILED)
+                if decision is breaker.Decision.RESUME:
                     logger.warning("%s answers again: resuming", dependency)
-                    app.control.broadcast(RESUME, arguments={"dependency": dependency}, destination=[hostname])
+                    app.control.broadcast(RESUME, arguments={"dependency": dependency, "source": BREAKER},
+                                          destination=[hostname])
                     return
-                time.sleep(1.0)
+                self._extend_if_due(app, hostname, dependency, started)
+                time.sleep(self.probe_interval)
         finally:
             self.probing.discard(dependency)
+
+    def _extend_if_due(self, app, hostname: str, dependency: str, started: float) -> None:
+        now = time.time()
+        hold = self.breaker_holds.get(dependency)
+        lease = self.leases.held(dependency, BREAKER, now)
+        if hold is None:
+            return
+        seconds, reason = hold
+        extend_by = breaker.renewal(lease.remaining(now) if lease else 0.0, seconds,
+                                    self.probe_interval + self.probe_timeout)
+        if extend_by is None:
+            return
+        logger.warning("%s still unreachable after %.0fs: the breaker keeps this worker paused", dependency, now - started)
+        app.control.broadcast(
+            PAUSE, arguments={"lease": extend_by, "reason": reason, "dependency": dependency, "source": BREAKER},
+            destination=[hostname],
+        )
 
 
 _controller: Controller | None = None

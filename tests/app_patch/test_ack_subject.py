@@ -6,8 +6,8 @@ import pytest
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
 
-from blipguard.app_patch.ack import ACK, confirmed_ack, make_acknowledge_task, stream_and_seq
-from blipguard.app_patch.errors import TransientDependencyError
+from blipguard.app_patch import context
+from blipguard.app_patch.ack import ACK, confirmed_ack, make_acknowledge_task, stream_and_seq, wrap_ack_helper
 
 TS = 1764430000123456789
 
@@ -110,25 +110,46 @@ def test_confirmed_ack_requests_a_reply_on_the_ack_subject():
 @pytest.mark.parametrize(
     "error", [nats_errors.TimeoutError(), nats_errors.NoRespondersError(), nats_errors.ConnectionClosedError()]
 )
-def test_unconfirmed_ack_is_a_transient_nats_failure(error):
-    with pytest.raises(TransientDependencyError) as info:
-        asyncio.run(confirmed_ack(FakeNats(error), V1, 5.0))
-    assert info.value.dependency == "nats"
-    assert info.value.__cause__ is error
-    assert "acknowledging the task" in str(info.value)
+def test_unconfirmed_ack_keeps_the_hosts_contract_and_is_noted(error):
+    """The host's acknowledge_task returns False on failure (never raises); the task run
+    notes why, so the wrapper can retry the ack."""
+    acknowledge_task = make_acknowledge_task(lambda: 5.0)
+    manager = type("Manager", (), {"nc": FakeNats(error)})()
+    run = context.TaskRun(job_id=7)
+    with context.running(run):
+        assert asyncio.run(acknowledge_task(manager, V1)) is False
+    assert run.ack_unconfirmed and type(error).__name__ in run.ack_unconfirmed
 
 
-def test_non_transient_ack_failure_is_raised_as_is():
-    error = nats_errors.BadSubjectError()
-    with pytest.raises(nats_errors.BadSubjectError):
-        asyncio.run(confirmed_ack(FakeNats(error), "bad subject", 5.0))
+def test_confirmed_ack_clears_the_mark():
+    acknowledge_task = make_acknowledge_task(lambda: 5.0)
+    manager = type("Manager", (), {"nc": FakeNats()})()
+    run = context.TaskRun(job_id=7, ack_unconfirmed="not attempted")
+    with context.running(run):
+        assert asyncio.run(acknowledge_task(manager, V1)) is True
+    assert run.ack_unconfirmed is None
+
+
+def test_no_connection_raises_like_the_host():
+    manager = type("Manager", (), {"nc": None})()
+    with pytest.raises(RuntimeError, match="Connection is not open"):
+        asyncio.run(make_acknowledge_task(lambda: 5.0)(manager, V1))
+
+
+def test_ack_helper_wrapper_notes_a_failure_the_helper_swallowed():
+    def host_helper(reply_subject, job_logger):
+        return None  # pre-fix: the connect failed, the helper logged it and returned None
+
+    run = context.TaskRun(job_id=7)
+    with context.running(run):
+        assert wrap_ack_helper(host_helper)(V1, None) is None
+    assert run.ack_unconfirmed
 
 
 def test_acknowledge_task_drop_in_uses_the_current_timeout():
     timeouts = iter([2.0, 7.0])
     acknowledge_task = make_acknowledge_task(lambda: next(timeouts))
     manager = type("Manager", (), {"nc": FakeNats()})()
-    assert acknowledge_task.blipguard_patched is True
     assert asyncio.run(acknowledge_task(manager, V1)) is True
     assert asyncio.run(acknowledge_task(manager, V2)) is True
     assert manager.nc.requests == [(V1, ACK, 2.0), (V2, ACK, 7.0)]

@@ -8,7 +8,7 @@ from nats import errors as nats_errors
 from redis import exceptions as redis_errors
 
 from blipguard.app_patch.classify import Classification, Kind, classify
-from blipguard.app_patch.errors import InvalidResult, JobStateMissing, TransientDependencyError
+from blipguard.app_patch.errors import JobStateMissing, TransientDependencyError
 
 RESET_BY_PEER = "Error 104 while reading from 127.0.0.1:6379 : (104, 'Connection reset by peer')"
 
@@ -183,16 +183,10 @@ def test_job_state_missing_is_terminal_and_about_redis():
     assert not c.transient
 
 
-def test_invalid_result_is_terminal_for_the_image():
-    c = classify(InvalidResult("`detections[0].bbox` must be a list of 4 numbers", 7))
-    assert c == Classification(Kind.INVALID_RESULT, "")
-    assert not c.transient
-
-
 def test_wrapped_job_state_missing_keeps_its_kind():
     exc = raised_from(RuntimeError("task failed"), JobStateMissing(1, "gone"))
     assert classify(exc).kind is Kind.STATE_MISSING
 
 
 def test_kind_values_are_the_stable_metric_labels():
-    assert {k.value for k in Kind} == {"transient", "state_missing", "invalid_result", "unexpected"}
+    assert {k.value for k in Kind} == {"transient", "state_missing", "unexpected"}

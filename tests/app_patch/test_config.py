@@ -13,13 +13,13 @@ from blipguard.app_patch.retry_policy import RetryPolicy
 def test_defaults_parse(raw):
     c = parse(raw)
     assert isinstance(c, Config)
-    assert c.auto_patch is True and c.force is False
+    assert c.auto_patch is True and c.strict is False
     assert c.targets == DEFAULT_TARGETS and c.helpers == DEFAULT_HELPERS
-    assert c.ack_wait_setting == "NATS_TASK_TTR" and c.ack_wait is None
+    assert c.ack_wait_source == "ami.ml.orchestration.nats_queue.TASK_TTR" and c.ack_wait is None
     assert c.max_retries == 6 and isinstance(c.max_retries, int)
     assert (c.backoff_base, c.backoff_max) == (1.0, 30.0)
     assert c.retry_budget_fraction == 0.8 and c.ack_timeout == 5.0
-    assert c.result_queue == "ml_results" and c.cache_alias == "default"
+    assert c.result_queue is None and c.cache_alias == "default"
 
 
 def test_default_retry_settings_survive_a_ten_second_blip():
@@ -40,10 +40,10 @@ def test_parse_does_not_modify_the_setting():
 
 
 def test_overrides_are_applied():
-    c = parse({"MAX_RETRIES": 3, "BACKOFF_MAX": 10, "ACK_WAIT": 300, "FORCE": True, "RESULT_QUEUE": "results"})
+    c = parse({"MAX_RETRIES": 3, "BACKOFF_MAX": 10, "ACK_WAIT": 300, "STRICT": True, "RESULT_QUEUE": "results"})
     assert c.max_retries == 3 and c.backoff_max == 10.0 and c.ack_wait == 300.0
     assert isinstance(c.backoff_max, float) and isinstance(c.ack_wait, float)
-    assert c.force is True and c.result_queue == "results"
+    assert c.strict is True and c.result_queue == "results"
 
 
 def test_unknown_top_level_key_names_it_and_lists_known_keys():
@@ -104,15 +104,18 @@ def test_non_finite_numbers_are_rejected_naming_the_key(key, value):
         parse({key: value})
 
 
-@pytest.mark.parametrize("key", ["AUTO_PATCH", "FORCE"])
+@pytest.mark.parametrize("key", ["AUTO_PATCH", "STRICT", "BREAKER"])
 @pytest.mark.parametrize("value", [1, "yes", None])
 def test_flags_must_be_booleans(key, value):
     with pytest.raises(ConfigurationError, match=rf"BLIPGUARD\['{key}'\] must be True or False"):
         parse({key: value})
 
 
-@pytest.mark.parametrize("key", ["ACK_WAIT_SETTING", "RESULT_QUEUE", "CACHE_ALIAS"])
-@pytest.mark.parametrize("value", ["", None, 5])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(k, v) for k in ("ACK_WAIT_SOURCE", "RESULT_QUEUE", "CACHE_ALIAS") for v in ("", 5)]
+    + [("ACK_WAIT_SOURCE", None), ("CACHE_ALIAS", None)],
+)
 def test_names_must_be_non_empty_strings(key, value):
     with pytest.raises(ConfigurationError, match=rf"BLIPGUARD\['{key}'\] must be a non-empty string"):
         parse({key: value})

@@ -1,6 +1,8 @@
 import pytest
 
-from blipguard.app_patch.pause.leases import MAX_LEASE, InvalidPause, Leases, record_failure, validate
+from blipguard.app_patch.pause.leases import (
+    BREAKER, MAX_LEASE, OPERATOR, PEER, InvalidPause, Leases, check_source, validate,
+)
 
 
 def test_a_lease_ends_by_itself():
@@ -68,13 +70,40 @@ def test_validate_trims_and_caps():
     assert (seconds, len(reason), dep) == (5.0, 200, "redis")
 
 
-def test_breaker_trips_once_at_the_threshold():
-    failures, trips = {}, []
-    for _ in range(4):
-        failures, tripped = record_failure(failures, "redis", 3)
-        trips.append(tripped)
-    assert trips == [False, False, True, False]
-    _, tripped = record_failure(failures, "nats", 3)
-    assert not tripped
-    with pytest.raises(Exception, match="BREAKER_THRESHOLD"):
-        record_failure({}, "redis", 0)
+def test_each_source_holds_its_own_lease():
+    leases = Leases()
+    leases.pause("redis", "pod restarting", 30, now=0)
+    lease, renewed = leases.pause("redis", "5 errors", 15, now=1, source=BREAKER)
+    assert not renewed and lease.source == BREAKER and lease.expires_at == 16
+    assert leases.held("redis", OPERATOR, 2).expires_at == 30 and leases.held("redis", BREAKER, 20) is None
+    assert {d["source"] for d in (lease.as_dict(2) for lease in leases.active(2))} == {OPERATOR, BREAKER}
+
+
+def test_an_operator_resume_leaves_the_breaker_lease():
+    leases = Leases()
+    leases.pause("redis", "", 30, now=0)
+    leases.pause("redis", "", 30, now=0, source=PEER)
+    leases.pause("redis", "", 15, now=0, source=BREAKER)
+    ended = leases.resume("redis")
+    assert sorted(lease.source for lease in ended) == [OPERATOR, PEER]
+    assert [lease.source for lease in leases.active(1)] == [BREAKER]
+    assert leases.resume() == [] and leases.paused(1)
+    assert [lease.source for lease in leases.resume(source=BREAKER)] == [BREAKER] and not leases.paused(1)
+
+
+def test_the_board_view_has_the_longest_lease_per_dependency_and_the_breakers():
+    leases = Leases()
+    leases.pause("redis", "operator", 30, now=0)
+    leases.pause("redis", "breaker", 15, now=0, source=BREAKER)
+    leases.pause("nats", "gone", 5, now=0)
+    assert leases.board_view(1) == {
+        "leases": {"redis": {"until": 30, "reason": "operator"}, "nats": {"until": 5, "reason": "gone"}},
+        "breaker": {"redis": 15},
+    }
+    assert leases.board_view(20) == {"leases": {"redis": {"until": 30, "reason": "operator"}}, "breaker": {}}
+
+
+def test_unknown_sources_are_refused():
+    assert check_source(BREAKER) == BREAKER
+    with pytest.raises(InvalidPause, match="source must be one of"):
+        check_source("kubernetes")

@@ -1,0 +1,221 @@
+"""The seam and the patcher against small hosts built here: shape checks refuse loudly at
+install time, originals live in closures, uninstall restores exactly what was there.
+
+The real proof is the end-to-end suite on the reference app; these pin the mechanics."""
+
+import dataclasses
+import logging
+import sys
+import types
+
+import pytest
+from celery import Celery
+
+from blipguard.app_patch import context, patcher
+from blipguard.app_patch.config import parse
+from blipguard.app_patch.host import Host
+
+PKG = "fakehost"
+
+
+def make_host(**changes) -> dict:
+    """An Antenna-shaped host in sys.modules; ``changes`` replace or delete (None) members."""
+
+    @dataclasses.dataclass
+    class JobStateProgress:
+        remaining: int = 0
+        total: int = 0
+        processed: int = 0
+        percentage: float = 0.0
+        failed: int = 0
+
+    class AsyncJobStateManager:
+        TIMEOUT = 60
+
+        def __init__(self, job_id):
+            self.job_id = job_id
+            self._pending_key = f"job:{job_id}:pending_images"
+            self._total_key = f"job:{job_id}:pending_images_total"
+            self._failed_key = f"job:{job_id}:failed_images"
+
+        def _get_redis(self):
+            raise AssertionError("not used here")
+
+        def _get_pending_key(self, stage):
+            return f"{self._pending_key}:{stage}"
+
+        def update_state(self, processed_image_ids, stage, failed_image_ids=None):
+            return "host update_state"
+
+        def cleanup(self):
+            return "host cleanup"
+
+    class TaskQueueManager:
+        nc = None
+
+        async def acknowledge_task(self, reply_subject):
+            return True
+
+    class Job:
+        objects = None
+        logger = logging.getLogger("fakehost.job")
+
+    app = Celery("fakehost", set_as_current=False)
+
+    @app.task(bind=True, name="fakehost.tasks.process_nats_pipeline_result")
+    def process_nats_pipeline_result(self, job_id, result_data, reply_subject):
+        return "host body"
+
+    calls = []
+
+    def _fail_job(job_id, reason):
+        calls.append(("fail", job_id, reason))
+
+    def _ack_task_via_nats(reply_subject, job_logger):
+        calls.append(("ack", reply_subject))
+
+    def _update_job_progress(job_id, stage, progress_percentage, complete_state, **state_params):
+        calls.append(("progress", stage, state_params))
+
+    members = {
+        "state": {"AsyncJobStateManager": AsyncJobStateManager, "JobStateProgress": JobStateProgress},
+        "tasks": {
+            "process_nats_pipeline_result": process_nats_pipeline_result,
+            "_fail_job": _fail_job,
+            "_ack_task_via_nats": _ack_task_via_nats,
+            "_update_job_progress": _update_job_progress,
+        },
+        "queue": {"TaskQueueManager": TaskQueueManager, "TASK_TTR": 30},
+        "models": {"Job": Job},
+    }
+    for key, value in changes.items():
+        module, _, name = key.partition("__")
+        if value is None:
+            members[module].pop(name)
+        else:
+            members[module][name] = value
+    for module, names in members.items():
+        mod = types.ModuleType(f"{PKG}.{module}")
+        mod.__dict__.update(names)
+        sys.modules[mod.__name__] = mod
+    return {"calls": calls, **{k: v for names in members.values() for k, v in names.items()}}
+
+
+@pytest.fixture
+def host_config():
+    made = []
+
+    def build(**changes):
+        made.append(make_host(**changes))
+        return made[-1], parse({
+            "TARGETS": {
+                "STATE_MANAGER": f"{PKG}.state.AsyncJobStateManager",
+                "PROGRESS": f"{PKG}.state.JobStateProgress",
+                "RESULT_TASK": f"{PKG}.tasks.process_nats_pipeline_result",
+                "TASKS_MODULE": f"{PKG}.tasks",
+                "QUEUE_MANAGER": f"{PKG}.queue.TaskQueueManager",
+                "JOB_MODEL": f"{PKG}.models.Job",
+            },
+            "ACK_WAIT_SOURCE": f"{PKG}.queue.TASK_TTR",
+            "RESULT_QUEUE": "ml_results",
+        })
+
+    yield build
+    patcher.uninstall()
+    for name in [m for m in sys.modules if m.startswith(f"{PKG}.")]:
+        del sys.modules[name]
+
+
+def test_a_fitting_host_is_patched_once_and_restored_exactly(host_config):
+    host, cfg = host_config()
+    manager, task, tasks = host["AsyncJobStateManager"], host["process_nats_pipeline_result"], sys.modules[f"{PKG}.tasks"]
+    before = {
+        "update_state": manager.__dict__["update_state"],
+        "cleanup": manager.__dict__["cleanup"],
+        "ack": host["TaskQueueManager"].__dict__["acknowledge_task"],
+        "_ack_task_via_nats": tasks._ack_task_via_nats,
+        "_update_job_progress": tasks._update_job_progress,
+    }
+    assert "run" not in vars(task)  # a plain Celery task: run lives on its class
+
+    report = patcher.install(cfg)
+    assert not report.refused and len(report.patched) == 6
+    assert manager.update_state is not before["update_state"]
+    assert task.run.__wrapped__ is not None and "run" in vars(task)
+    assert patcher.install(cfg).already == report.patched  # idempotent
+
+    patcher.uninstall()
+    assert manager.__dict__["update_state"] is before["update_state"]
+    assert manager.__dict__["cleanup"] is before["cleanup"]
+    assert host["TaskQueueManager"].__dict__["acknowledge_task"] is before["ack"]
+    assert tasks._ack_task_via_nats is before["_ack_task_via_nats"]
+    assert tasks._update_job_progress is before["_update_job_progress"]
+    assert "run" not in vars(task), "uninstall must remove the instance attribute, not leave a copy"
+    assert task.run(1, {}, "subject") == "host body"
+
+
+def test_the_pre_fix_guess_of_the_host_is_refused_at_install(host_config, caplog):
+    """The shapes the old patch assumed: `_pending_key(stage)` as a method and no
+    `_get_pending_key`; `_update_job_progress` without `complete_state`."""
+
+    class OldManager:
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+        def _pending_key(self, stage):
+            return f"job:{self.job_id}:pending_images:{stage}"
+
+        def update_state(self, processed_image_ids, stage, failed_image_ids=None):
+            pass
+
+        def cleanup(self):
+            pass
+
+        def _get_redis(self):
+            pass
+
+    def _update_job_progress(job_id, stage, progress_percentage, **state_params):
+        pass
+
+    host, cfg = host_config(state__AsyncJobStateManager=OldManager, tasks___update_job_progress=_update_job_progress)
+    with caplog.at_level(logging.WARNING, "blipguard.app_patch"):
+        report = patcher.install(cfg)
+    text = " ".join(report.refused)
+    assert "has no method _get_pending_key()" in text
+    assert "_total_key is not a string attribute" in text
+    assert "_update_job_progress must take (job_id, stage, progress_percentage, complete_state, **kwargs)" in text
+    assert not patcher.is_installed()
+    assert OldManager.update_state.__name__ == "update_state" and "not patched" in caplog.text
+
+
+def test_a_missing_helper_and_a_bad_ack_wait_are_named(host_config):
+    _, cfg = host_config(tasks___fail_job=None, queue__TASK_TTR="thirty")
+    problems = Host(cfg).shape_problems()
+    assert any("has no helper '_fail_job'" in p for p in problems)
+    assert any("TASK_TTR = 'thirty' is not an ack_wait" in p for p in problems)
+
+
+def test_ack_wait_is_what_the_host_creates_consumers_with(host_config):
+    _, cfg = host_config()
+    assert Host(cfg).ack_wait() == 30.0  # the pre-fix platform's module fallback
+
+
+def test_result_counts_reach_progress_only_from_the_delivery_that_moved_the_image(host_config):
+    host, cfg = host_config()
+    patcher.install(cfg)
+    tasks = sys.modules[f"{PKG}.tasks"]
+    counts = {"detections": 3, "classifications": 6, "captures": 1}
+
+    with context.running(context.TaskRun(job_id=1, newly={"results": 0})):  # a redelivery
+        tasks._update_job_progress(1, "results", 0.5, complete_state="SUCCESS", **counts)
+        tasks._update_job_progress(1, "process", 0.5, complete_state="SUCCESS", processed=4)
+    with context.running(context.TaskRun(job_id=1, newly={"results": 1})):  # the owner
+        tasks._update_job_progress(1, "results", 0.5, complete_state="SUCCESS", **counts)
+    tasks._update_job_progress(1, "results", 0.5, complete_state="SUCCESS", **counts)  # outside a task
+
+    assert host["calls"] == [
+        ("progress", "results", {"detections": 0, "classifications": 0, "captures": 0}),
+        ("progress", "process", {"processed": 4}),
+        ("progress", "results", counts),
+        ("progress", "results", counts),
+    ]
