@@ -265,7 +265,8 @@ def check_eviction_policy(app_configs=None, **kwargs):
             reply = conn.read_response()
         finally:
             conn.disconnect()
-        policy = reply[1] if len(reply) > 1 else ""  # [name, value]
+        # [name, value] over RESP2, {name: value} over RESP3 (redis-py 8's default)
+        policy = next(iter(reply.values()), "") if isinstance(reply, dict) else (reply[1] if len(reply) > 1 else "")
         policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     except Exception as e:
         return [advice(34, f"could not read Redis maxmemory-policy: {e}")]

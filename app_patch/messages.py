@@ -3,13 +3,20 @@
 from .diagnosis import FINAL_STATUSES
 from .errors import describe
 
-__all__ = ["FINAL_STATUSES", "held_back", "host_retry", "recovered", "retries_exhausted", "transient"]
+__all__ = ["FINAL_STATUSES", "held_back", "host_retry", "recovered", "retries_exhausted", "transient", "transient_acked"]
 
 
 def transient(dependency: str, operation: str, cause, attempt: int, max_retries: int, next_in: float) -> str:
     return (
         f"Transient {dependency} error while {operation}: {describe(cause)}. "
         f"Retrying in {next_in:.1f}s (retry {attempt} of {max_retries}); no images lost."
+    )
+
+
+def transient_acked(cause, attempt: int) -> str:
+    return (
+        f"Transient nats error while acknowledging the task: {describe(cause)}. "
+        f"Acknowledged again at once (attempt {attempt}); no images lost."
     )
 
 

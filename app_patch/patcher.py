@@ -14,6 +14,7 @@ the system check ``blipguard.W016`` say what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -80,25 +81,61 @@ def _wrap_cleanup(original):
     return cleanup
 
 
-def _wrap_update_progress(original):
-    """Result counts reach the host's progress only from the delivery that moved the image
-    out of the results stage (the pre-fix host adds them on every call, so a NATS
-    redelivery doubled them)."""
+def _wrap_update_progress(original, host: Host):
+    """Exact progress counters.
+
+    - Result counts reach the host's progress only from the delivery that moved the image
+      out of the results stage (the pre-fix host adds them on every call, so a NATS
+      redelivery doubled them).
+    - Progress writes of one job are serialized: the current host reads the job with a
+      plain ``get()`` and writes the stage back whole, so two workers updating one job at
+      once lose one update. A PostgreSQL advisory lock, held around the host's call, keeps
+      the host's own transactions and its cleanup after them as they are (a row lock would
+      need a transaction around them, and the cleanup would run before the commit).
+    """
     signature = inspect.signature(original)
 
     @functools.wraps(original)
     def _update_job_progress(*args, **kwargs):
+        try:
+            arguments = signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return original(*args, **kwargs)  # let the host raise its own error
         run = context.current()
-        if run is not None and run.newly.get("results", 1) == 0:
-            try:
-                stage = signature.bind_partial(*args, **kwargs).arguments.get("stage")
-            except TypeError:
-                stage = None
-            if stage == "results":
-                kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
-        return original(*args, **kwargs)
+        if run is not None and run.newly.get("results", 1) == 0 and arguments.get("stage") == "results":
+            logger.info("job %s: result counts not added: delivery %s moved no image out of the results stage "
+                        "(a duplicate)", arguments.get("job_id"), run.delivery)
+            kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
+        with progress_lock(arguments.get("job_id")):
+            return original(*args, **kwargs)
 
     return _update_job_progress
+
+
+LOCK_SPACE = 0x626C6770  # "blgp": the advisory-lock key space of progress writes
+
+
+@contextlib.contextmanager
+def progress_lock(job_id):
+    """A session-level PostgreSQL advisory lock on (LOCK_SPACE, job_id); nothing elsewhere."""
+    from django.conf import settings
+
+    if not settings.configured or not isinstance(job_id, int):
+        yield
+        return
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        yield
+        return
+    key = [LOCK_SPACE, job_id % 2**31]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s, %s)", key)
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
 def install(config: Config | None = None) -> InstallReport:
@@ -125,7 +162,7 @@ def install(config: Config | None = None) -> InstallReport:
         (host.target("QUEUE_MANAGER"), "acknowledge_task", lambda o: make_acknowledge_task(lambda: host.config.ack_timeout),
          f"{t['QUEUE_MANAGER']}.acknowledge_task"),
         (tasks, ack_name, wrap_ack_helper, f"{t['TASKS_MODULE']}.{ack_name}"),
-        (tasks, progress_name, _wrap_update_progress, f"{t['TASKS_MODULE']}.{progress_name}"),
+        (tasks, progress_name, lambda o: _wrap_update_progress(o, host), f"{t['TASKS_MODULE']}.{progress_name}"),
         (task, "run", lambda o: result_task.wrap_run(task, o, host), f"{t['RESULT_TASK']}.run"),
     ]
     originals = []

@@ -62,11 +62,15 @@ def connection_pool_kwargs(
     keepalive_interval: int = 10,
     keepalive_count: int = 3,
     health_check_interval: int = 30,
-    retries: int = 3,
+    retries: int = 1,
     backoff_base: float = 0.05,
-    backoff_cap: float = 1.0,
+    backoff_cap: float = 0.5,
 ) -> dict:
-    """Pool kwargs: TCP keepalive, health checks, retry with backoff on connection errors."""
+    """Pool kwargs: TCP keepalive, health checks, retry with backoff on connection errors.
+
+    One client retry by default: it absorbs a reset of an idle pooled connection at once;
+    anything longer is the result task's to retry, with backoff fitted inside the NATS
+    ack_wait (each client retry multiplies how long one attempt can block)."""
     return {
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(keepalive_idle, keepalive_interval, keepalive_count),
@@ -82,15 +86,16 @@ TRANSLATED = {"SOCKET_KEEPALIVE": "socket_keepalive", "SOCKET_KEEPALIVE_OPTIONS"
 
 
 def cache_options(
-    options: dict | None = None, *, socket_timeout: float = 5.0, connect_timeout: float = 3.0, **pool_kwargs
+    options: dict | None = None, *, socket_timeout: float = 2.0, connect_timeout: float = 2.0, **pool_kwargs
 ) -> dict:
     """``CACHES[alias]["OPTIONS"]`` for a django-redis cache that holds job state.
 
-    Merges into the host's ``options``: its keys stay (``IGNORE_EXCEPTIONS``, its client
-    class, its own timeouts and pool kwargs win over these defaults), and the keepalive keys
+    Merges into the host's ``options``: its other keys stay (``IGNORE_EXCEPTIONS``, its
+    client class, its own pool kwargs win over these defaults), and the keepalive keys
     django-redis ignores are moved into ``CONNECTION_POOL_KWARGS`` with the host's values.
-    What is missing is added: read and connect timeouts, keepalive, health checks, and
-    retry with backoff (``pool_kwargs`` go to :func:`connection_pool_kwargs`).
+    The read and connect timeouts are these (short, so a stalled Redis costs seconds and
+    retries fit inside the ack_wait); keepalive, health checks and retry with backoff are
+    added where the host has none (``pool_kwargs`` go to :func:`connection_pool_kwargs`).
     """
     merged = dict(options or {})
     host_pool = dict(merged.pop("CONNECTION_POOL_KWARGS", None) or {})
@@ -100,8 +105,8 @@ def cache_options(
     if "socket_keepalive_options" in host_pool:
         host_pool["socket_keepalive_options"] = dict(host_pool["socket_keepalive_options"])
     merged.setdefault("CLIENT_CLASS", "django_redis.client.DefaultClient")
-    merged.setdefault("SOCKET_TIMEOUT", socket_timeout)
-    merged.setdefault("SOCKET_CONNECT_TIMEOUT", connect_timeout)
+    merged["SOCKET_TIMEOUT"] = socket_timeout
+    merged["SOCKET_CONNECT_TIMEOUT"] = connect_timeout
     pool = {**connection_pool_kwargs(**pool_kwargs), **host_pool}
     if not pool.get("socket_keepalive"):
         # The host asked for no keepalive (e.g. an env var set to False): respect it.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 
 from . import context, messages
@@ -71,11 +72,28 @@ def _run(task, original, host, args, kwargs):
             _transient(task, host, job_id, run.transient, info, ack_only=False)
         elif run.ack_unconfirmed is not None and run.missing_state is None:
             cause = TransientDependencyError("nats", run.ack_unconfirmed, "acknowledging the task")
-            _transient(task, host, job_id, cause, info, ack_only=True)
+            if not _ack_again(host, job_id, reply_subject, run, cause):
+                _transient(task, host, job_id, cause, info, ack_only=True)
     breaker.on_success()
     if info.get("first_failure"):
         waited = time.time() - info["first_failure"]
         host.job_logger(job_id).info(messages.recovered(info.get("dependency", "a dependency"), task.request.retries, waited))
+
+
+ACK_AGAIN = (0.2, 0.5)  # seconds before each inline re-ack; a Celery retry waits behind the queue
+
+
+def _ack_again(host, job_id: int, reply_subject: str, run, cause) -> bool:
+    """Re-ack at once, a couple of times, before falling back to a Celery retry: the ack is
+    cheap, and a retry waits behind every result queued meanwhile."""
+    job_logger = host.job_logger(job_id)
+    for attempt, pause in enumerate(ACK_AGAIN, start=2):
+        threading.Event().wait(pause)
+        host.helper("ACK")(reply_subject, job_logger)
+        if run.ack_unconfirmed is None:
+            job_logger.warning(messages.transient_acked(cause.cause, attempt))
+            return True
+    return False
 
 
 def _failed(task, host, job_id: int, exc: Exception, run, info: dict) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, idempotently, on Debian 12:
-# Debian servers, and two virtualenvs: .venv (current releases) and .venv-pinned
-# (the releases the reference platform pins, constraints/pinned.txt).
+# Debian servers, and three virtualenvs: .venv (current releases), .venv-pinned
+# (the releases the reference platform pins today, constraints/pinned.txt) and
+# .venv-pre (the releases it pinned at the pre-fix commit, constraints/pre-fix.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,7 +24,7 @@ make_venv() {  # make_venv DIR [pip args...]
     local dir=$1; shift
     local stamp="$dir/.blipguard-stamp"
     local want
-    want=$(cat pyproject.toml setup.py constraints/pinned.txt | sha256sum | cut -c1-16)"$*"
+    want=$(cat pyproject.toml setup.py constraints/*.txt | sha256sum | cut -c1-16)"$*"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return
     fi
@@ -41,3 +42,5 @@ make_venv() {  # make_venv DIR [pip args...]
 
 make_venv "$ROOT/.venv"
 make_venv "$ROOT/.venv-pinned" -c "$ROOT/constraints/pinned.txt"
+make_venv "$ROOT/.venv-pre" -c "$ROOT/constraints/pre-fix.txt"
+bash scripts/setup_kube.sh

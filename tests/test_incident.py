@@ -1,6 +1,8 @@
-"""The production incident, reproduced on the pre-fix reference app and real servers.
+"""The production incident, reproduced on the reference app and real servers.
 
-These tests prove the baseline: they fail if the reference app's bug is fixed.
+PRE (``--platform pre-fix``): these tests prove the baseline: they fail if the reference
+app's bug is fixed. HEAD (``--platform current``), unpatched: the fault-free job still
+succeeds and HEAD's own autoretry carries an in-flight reset.
 """
 
 import pytest
@@ -10,29 +12,48 @@ from blipguard.localstack import faults
 
 pytestmark = pytest.mark.incident
 
-N_IMAGES = 840
+N_IMAGES = 840  # the incident's job
+FAULT_FREE_IMAGES = 300  # the pre-fix platform saves ~6 results/s here: keep the baseline short
 MISLEADING = "Redis state missing for job"
 
 
 @pytest.fixture
-def prefix_workers(worker_pool):
-    return worker_pool.ensure("refsite.settings")
+def unpatched_workers(worker_pool, platform):
+    return worker_pool.ensure(platform.settings)
 
 
-def test_fault_free_job_succeeds(web, redis_direct, prefix_workers, queue_empty):
-    outcome = run_job(web.url, redis_direct, N_IMAGES, settle=queue_empty)
+def _failure_line_seen(outcome, workers) -> bool:
+    """The job log holds the line. At PRE a line can be lost from the stored JSON log when
+    another worker rewrites it concurrently (§9); the module logger always has it."""
+    text = f"Job {outcome.job_id} marked as FAILURE: {MISLEADING}"
+    if outcome.log_contains(text):
+        return True
+    worker_logs = "".join(workers.logs(h) for h in workers.hostnames)
+    return f"ami.jobs.models {text}" in worker_logs
+
+
+def test_fault_free_job_succeeds(platform, web, redis_direct, unpatched_workers, queue_empty):
+    n = FAULT_FREE_IMAGES
+    outcome = run_job(web.url, redis_direct, n, settle=queue_empty)
     print(outcome.summary())
     assert outcome.status == "SUCCESS", outcome.log[-5:]
-    assert (outcome.processed, outcome.failed, outcome.results_processed) == (N_IMAGES, 0, N_IMAGES)
     assert outcome.detections == outcome.expected_detections
+    assert outcome.duplicate_detections == 0
+    if platform.is_pre:
+        assert (outcome.processed, outcome.failed, outcome.results_processed) == (n, 0, n)
+    else:
+        # HEAD's plain get() in _update_job_progress can lose a concurrent stage write (§3.4).
+        assert outcome.failed == 0 and outcome.processed >= n - 4
     assert not outcome.errors
 
 
-def _assert_killed_like_production(outcome, state_must_be_gone: bool):
+def _assert_killed_like_production(outcome, workers, state_must_be_gone: bool):
     print(outcome.summary())
-    assert outcome.fault_fired_at is not None and outcome.fault_fired_at >= 0.3
+    assert outcome.fault_fired_at is not None
     assert outcome.status == "FAILURE"
-    assert outcome.log_contains(f"marked as FAILURE: {MISLEADING}")
+    # It died of that one fault: right after it, not later of something else.
+    assert outcome.processed - outcome.fault_fired_at * N_IMAGES < 0.15 * N_IMAGES
+    assert _failure_line_seen(outcome, workers)
     # The real cause never reached the job's own log: users saw only the misleading line.
     assert not outcome.log_contains("Connection reset by peer")
     assert not outcome.log_contains("Error while reading")
@@ -44,16 +65,28 @@ def _assert_killed_like_production(outcome, state_must_be_gone: bool):
         assert outcome.redis_keys == []
 
 
-def test_inflight_reset_kills_the_job(stack, web, redis_direct, prefix_workers, queue_empty):
+@pytest.fixture
+def pre_only(platform):
+    if not platform.is_pre:
+        pytest.skip("the incident kills jobs on the pre-fix platform only")
+
+
+@pytest.fixture
+def head_only(platform):
+    if platform.is_pre:
+        pytest.skip("HEAD's own autoretry")
+
+
+def test_inflight_reset_kills_the_job(pre_only, stack, web, redis_direct, unpatched_workers, queue_empty):
     resets_before = stack.redis_proxy.resets_fired
     outcome = run_job(
         web.url, redis_direct, N_IMAGES, fault=lambda: faults.inflight_reset(stack), fault_at=0.3, settle=queue_empty
     )
-    _assert_killed_like_production(outcome, state_must_be_gone=True)
+    _assert_killed_like_production(outcome, unpatched_workers, state_must_be_gone=True)
     assert stack.redis_proxy.resets_fired - resets_before == 1, "one reset, as in production"
 
 
-def test_redis_restart_kills_the_job(stack, web, redis_direct, prefix_workers, queue_empty):
+def test_redis_restart_kills_the_job(pre_only, stack, web, redis_direct, unpatched_workers, queue_empty):
     outcome = run_job(
         web.url,
         redis_direct,
@@ -64,4 +97,22 @@ def test_redis_restart_kills_the_job(stack, web, redis_direct, prefix_workers, q
     )
     # While Redis is down, _fail_job's own cleanup of the Redis keys fails too, so the
     # state may survive the restart; the NATS stream is gone either way.
-    _assert_killed_like_production(outcome, state_must_be_gone=False)
+    _assert_killed_like_production(outcome, unpatched_workers, state_must_be_gone=False)
+
+
+def test_inflight_reset_is_retried_at_head(head_only, stack, web, redis_direct, unpatched_workers, queue_empty):
+    """HEAD: the RedisError propagates and autoretry (max 5, backoff <= 15 s) carries it."""
+    resets_before = stack.redis_proxy.resets_fired
+    outcome = run_job(
+        web.url, redis_direct, N_IMAGES, fault=lambda: faults.inflight_reset(stack), fault_at=0.3, settle=queue_empty
+    )
+    print(outcome.summary())
+    assert stack.redis_proxy.resets_fired - resets_before == 1
+    assert outcome.fault_fired_at is not None and outcome.fault_fired_at >= 0.3
+    assert outcome.status == "SUCCESS", outcome.log[-5:]
+    assert outcome.failed == 0
+    assert outcome.detections == outcome.expected_detections
+    assert outcome.duplicate_detections == 0
+    assert not outcome.log_contains("marked as FAILURE")
+    worker_logs = "".join(unpatched_workers.logs(h) for h in unpatched_workers.hostnames)
+    assert "Transient Redis error updating job" in worker_logs

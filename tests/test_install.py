@@ -1,109 +1,145 @@
-"""Installing app_patch into an Antenna-shaped host: idempotent, respectful, overridable."""
+"""Installing app_patch into the reference app, as a new user would, on the version this
+pytest process runs: it patches once, keeps the host's contracts, undoes exactly, never
+blocks manage.py on an unchanged host, and changes none of the host's pinned packages."""
 
-import logging
-import types
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from redis.exceptions import RedisError
 
-from blipguard.app_patch import patcher
+from blipguard.app_patch import context, patcher
 from blipguard.app_patch.config import parse
+from blipguard.harness import seed
+from blipguard.harness.django_env import app_env
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.checks]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def installed(django_app):
-    cfg = parse({"ACK_WAIT": 300})
-    report = patcher.install(cfg)
-    yield cfg, report
-    patcher.uninstall(cfg)
+    report = patcher.install(parse({}))
+    yield report
+    patcher.uninstall()
 
 
-def test_install_patches_the_host_once(installed, caplog):
-    import ami.jobs.tasks as host_tasks
+def test_install_patches_the_hosts_own_steps_once(installed, platform):
     from ami.ml.orchestration.async_job_state import AsyncJobStateManager
 
-    cfg, first = installed
-    assert "ami.jobs.tasks.process_nats_pipeline_result" in first.patched
-    assert "ami.ml.orchestration.async_job_state.AsyncJobStateManager.update_state" in first.patched
+    assert not installed.refused, installed.refused
+    assert set(installed.patched) == {
+        "ami.ml.orchestration.async_job_state.AsyncJobStateManager.update_state",
+        "ami.ml.orchestration.async_job_state.AsyncJobStateManager.cleanup",
+        "ami.ml.orchestration.nats_queue.TaskQueueManager.acknowledge_task",
+        "ami.jobs.tasks._ack_task_via_nats",
+        "ami.jobs.tasks._update_job_progress",
+        "ami.jobs.tasks.process_nats_pipeline_result.run",
+    }
     assert getattr(AsyncJobStateManager.update_state, patcher.MARK)
-    with caplog.at_level(logging.INFO, logger="blipguard.app_patch"):
-        second = patcher.install(cfg)
-    assert second.patched == [] and len(second.already) == len(first.patched)
-    assert "already patched" in caplog.text
-    assert getattr(host_tasks.process_nats_pipeline_result.run, patcher.MARK)
+    assert patcher.install(parse({})).already == installed.patched
+    # The ack_wait the host's consumers really get, and the queue its router picks.
+    from blipguard.app_patch.host import current_host
+
+    host = current_host()
+    assert host.ack_wait() == (30.0 if platform.is_pre else 300.0)
+    assert host.config.result_queue == platform.result_queue
 
 
-def test_uninstall_restores_the_host(django_app):
+def test_uninstall_restores_exactly_what_was_there(django_app):
+    import ami.jobs.tasks as tasks
     from ami.ml.orchestration.async_job_state import AsyncJobStateManager
+    from ami.ml.orchestration.nats_queue import TaskQueueManager
 
-    original = AsyncJobStateManager.update_state
-    cfg = parse({"ACK_WAIT": 300})
-    patcher.install(cfg)
-    patcher.uninstall(cfg)
-    assert AsyncJobStateManager.update_state is original
-
-
-def test_a_host_with_an_equivalent_fix_is_left_alone(django_app, monkeypatch, caplog):
-    import ami.jobs.tasks as host_tasks
-    from ami.ml.orchestration.async_job_state import AsyncJobStateManager
-
-    task = host_tasks.process_nats_pipeline_result
-    monkeypatch.setattr(task, "autoretry_for", (RedisError, ConnectionError), raising=False)
-    monkeypatch.setattr(task, "max_retries", 5)
-    original = AsyncJobStateManager.update_state
-    with caplog.at_level(logging.INFO, logger="blipguard.app_patch"):
-        report = patcher.install(parse({"ACK_WAIT": 300}))
-    assert report.patched == []
-    assert "equivalent fix" in caplog.text
-    assert AsyncJobStateManager.update_state is original
+    task = tasks.process_nats_pipeline_result
+    before = (AsyncJobStateManager.update_state, AsyncJobStateManager.cleanup, TaskQueueManager.acknowledge_task,
+              tasks._ack_task_via_nats, tasks._update_job_progress, vars(task).get("run"), task.max_retries)
+    patcher.install(parse({}))
+    patcher.uninstall()
+    after = (AsyncJobStateManager.update_state, AsyncJobStateManager.cleanup, TaskQueueManager.acknowledge_task,
+             tasks._ack_task_via_nats, tasks._update_job_progress, vars(task).get("run"), task.max_retries)
+    assert after == before
 
 
-def test_targets_can_point_elsewhere(django_app):
-    class OtherManager:
-        def update_state(self, *a, **kw):
-            return "host"
+def test_update_state_keeps_the_hosts_contract(installed, redis_direct, platform):
+    """The host's own JobStateProgress back; None only for a missing total; a Redis failure
+    raised as the RedisError it is (what HEAD's autoretry_for and callers rely on)."""
+    from ami.ml.orchestration.async_job_state import AsyncJobStateManager, JobStateProgress
 
-        def cleanup(self):
-            pass
+    job = seed.create_async_job(4)
+    manager = AsyncJobStateManager(job.pk)
+    ids = [str(i) for i in seed.image_ids(job)]
+    manager.initialize_job(ids)
 
-    module = types.ModuleType("other_host")
-    module.OtherManager = OtherManager
-    import sys
+    with context.running(context.TaskRun(job.pk, delivery="delivery-1")):
+        progress = manager.update_state({ids[0]}, stage="process", failed_image_ids={ids[1]})
+        replay = manager.update_state({ids[0]}, stage="process")  # the same delivery, its reply lost
+    with context.running(context.TaskRun(job.pk, delivery="delivery-2")):
+        duplicate = manager.update_state({ids[0]}, stage="process")  # a NATS redelivery
+    assert type(progress) is JobStateProgress
+    assert (progress.total, progress.remaining, progress.processed, progress.failed) == (4, 3, 1, 1)
+    assert progress.percentage == 0.25
+    if not platform.is_pre:
+        assert (progress.newly_removed, replay.newly_removed, duplicate.newly_removed) == (1, 1, 0)
 
-    sys.modules["other_host"] = module
-    try:
-        cfg = parse({"ACK_WAIT": 300, "TARGETS": {"STATE_MANAGER": "other_host.OtherManager"}})
-        report = patcher.install(cfg)
-        assert "other_host.OtherManager.update_state" in report.patched
-        assert getattr(OtherManager.update_state, patcher.MARK)
-        patcher.uninstall(cfg)
-        assert OtherManager().update_state() == "host"
-    finally:
-        del sys.modules["other_host"]
+    redis_direct.delete(manager._total_key)
+    assert manager.update_state({ids[2]}, stage="process") is None
+
+    class Down(AsyncJobStateManager):
+        def _get_redis(self):
+            import redis
+
+            return redis.Redis(port=1, socket_connect_timeout=0.2)
+
+    with pytest.raises(RedisError):
+        Down(job.pk).update_state({ids[3]}, stage="process")
+    manager.cleanup()
+    assert redis_direct.keys(f"job:{job.pk}:*") == []
 
 
-def test_bad_target_gets_a_specific_error(django_app):
-    from blipguard.app_patch.errors import ConfigurationError
+def manage(platform, *args, settings: str, env: dict | None = None, stack=None) -> subprocess.CompletedProcess:
+    full = app_env(stack.env(), settings, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args], env={**os.environ, **full}, capture_output=True, text=True, timeout=300
+    )
 
-    cfg = parse({"ACK_WAIT": 300, "TARGETS": {"RESULT_TASK": "ami.jobs.tasks.no_such_task"}})
-    with pytest.raises(ConfigurationError, match="'ami.jobs.tasks' has no attribute 'no_such_task'"):
-        patcher.install(cfg)
+
+def test_an_unchanged_host_with_the_app_added_is_never_blocked(stack, django_app, platform, tmp_path):
+    """The platform's CACHES untouched, only INSTALLED_APPS += the app: check and migrate
+    succeed; what the app finds about Redis is said as warnings; strict mode blocks."""
+    module = tmp_path / "added_only.py"
+    module.write_text(
+        f"from {platform.settings} import *  # noqa\n"
+        f"from {platform.settings} import INSTALLED_APPS\n"
+        "import os\n"
+        "INSTALLED_APPS = INSTALLED_APPS + ['blipguard.app_patch']\n"
+        "BLIPGUARD = {'STRICT': os.environ.get('STRICT') == '1'}\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), app_env(stack.env())["PYTHONPATH"]])}
+    check = manage(platform, "check", settings="added_only", env=env, stack=stack)
+    assert check.returncode == 0, check.stderr
+    assert "blipguard.W003" in check.stderr and "blipguard.W005" in check.stderr
+    assert "patched: ami.ml.orchestration.async_job_state.AsyncJobStateManager.update_state" in check.stderr
+    migrate = manage(platform, "migrate", "--noinput", settings="added_only", env=env, stack=stack)
+    assert migrate.returncode == 0, migrate.stderr
+    deploy = manage(platform, "check", "--deploy", settings="added_only", env=env, stack=stack)
+    assert ("blipguard.W009" in deploy.stderr) is (int(__import__("redis").__version__.split(".")[0]) < 6)
+    strict = manage(platform, "check", settings="added_only", env={**env, "STRICT": "1"}, stack=stack)
+    assert strict.returncode != 0 and "blipguard.E003" in strict.stderr
 
 
-def test_host_helpers_are_looked_up_at_call_time(installed, monkeypatch, redis_direct):
-    """A test double the host puts on its module is what the patched task calls."""
-    import ami.jobs.tasks as host_tasks
-    from ami.jobs.services import start_async_job
-
-    calls = []
-    monkeypatch.setattr(host_tasks, "_fail_job", lambda job_id, reason: calls.append((job_id, reason)))
-    job = start_async_job(3)
-    redis_direct.delete(f"job:{job.pk}:pending_images_total")
-    result = {"source_images": [{"id": job.image_ids[0]}], "detections": []}
-    host_tasks.process_nats_pipeline_result.apply(
-        kwargs={"job_id": job.pk, "result_data": result, "reply_subject": "not-a-jetstream-subject"}
-    ).get()
-    assert calls and calls[0][0] == job.pk
-    assert calls[0][1].startswith("Job state keys not found in Redis: ")
+def test_installing_blipguard_changes_none_of_the_hosts_pins(tmp_path):
+    """pip's own resolver, against the packages of this (pinned) environment."""
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-build-isolation", "--quiet", "--report",
+         str(report), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    would_install = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert would_install == {"blipguard"}, f"pip would also change: {sorted(would_install - {'blipguard'})}"

@@ -7,8 +7,11 @@ from blipguard import refapp
 
 _migrated: set[str] = set()
 
+#: The unpatched settings module per platform version ("pre" or "head").
+DEFAULT_SETTINGS = refapp.SETTINGS["head"]
 
-def app_env(stack_env: dict[str, str], settings: str = "refsite.settings", **extra: str) -> dict[str, str]:
+
+def app_env(stack_env: dict[str, str], settings: str = DEFAULT_SETTINGS, **extra: str) -> dict[str, str]:
     """Environment for a process running the reference app (workers, this process)."""
     env = dict(stack_env)
     env["DJANGO_SETTINGS_MODULE"] = settings
@@ -18,8 +21,11 @@ def app_env(stack_env: dict[str, str], settings: str = "refsite.settings", **ext
     return env
 
 
-def setup_django(stack_env: dict[str, str], settings: str = "refsite.settings", **extra: str) -> None:
-    """Point this process's Django at the stack and migrate its database once."""
+def setup_django(stack_env: dict[str, str], settings: str = DEFAULT_SETTINGS, **extra: str) -> None:
+    """Point this process's Django at the stack and migrate its database once.
+
+    One Django per process: a second call must name the same stack and settings.
+    """
     import django
     from django.conf import settings as dj_settings
 
@@ -29,6 +35,10 @@ def setup_django(stack_env: dict[str, str], settings: str = "refsite.settings", 
     if dj_settings.configured:
         if dj_settings.DATABASES["default"]["PORT"] not in env["DATABASE_URL"]:
             raise RuntimeError("Django is already configured for another stack in this process")
+        if os.environ.get("DJANGO_SETTINGS_MODULE") != settings:
+            raise RuntimeError(
+                f"Django already runs {os.environ.get('DJANGO_SETTINGS_MODULE')} in this process, not {settings}"
+            )
     else:
         os.environ.update(env)
         django.setup()

@@ -1,4 +1,10 @@
-"""Job progress state in Redis sets (pre-fix, as on the reference platform)."""
+"""Per-job progress state of async (NATS) ML jobs, in Redis (fact sheet §2).
+
+Keys (raw, unprefixed, DB 0, 7-day TTL): ``job:{id}:pending_images:{stage}`` for the
+stages ``process`` and ``results``, ``job:{id}:pending_images_total`` and
+``job:{id}:failed_images``. The client is django-redis's raw redis-py client for the
+``default`` cache: the cache's IGNORE_EXCEPTIONS does not apply to it.
+"""
 
 import logging
 from dataclasses import dataclass
@@ -6,83 +12,152 @@ from dataclasses import dataclass
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
+from ami.version import PRE
+
 logger = logging.getLogger(__name__)
 
-STAGES = ("process", "results")
-STATE_TTL = 7 * 24 * 3600
 
+if PRE:
 
-@dataclass
-class JobStateProgress:
-    total: int
-    remaining: int
-    processed: int
-    failed: int
+    @dataclass
+    class JobStateProgress:
+        remaining: int = 0
+        total: int = 0
+        processed: int = 0  # success plus failed
+        percentage: float = 0.0  # 0-1 fraction
+        failed: int = 0
 
-    @property
-    def percentage(self) -> float:
-        return 1.0 if self.total == 0 else self.processed / self.total
+else:
+
+    @dataclass
+    class JobStateProgress:
+        remaining: int = 0
+        total: int = 0
+        processed: int = 0  # success plus failed
+        percentage: float = 0.0  # 0-1 fraction
+        failed: int = 0
+        newly_removed: int = 0  # the SREM reply; 0 on a replay
 
 
 class AsyncJobStateManager:
-    TIMEOUT = STATE_TTL
+    TIMEOUT = 86400 * 7
+    STAGES = ["process", "results"]
 
     def __init__(self, job_id: int):
         self.job_id = job_id
-
-    def _pending_key(self, stage: str) -> str:
-        return f"job:{self.job_id}:pending_images:{stage}"
-
-    @property
-    def _total_key(self) -> str:
-        return f"job:{self.job_id}:pending_images_total"
-
-    @property
-    def _failed_key(self) -> str:
-        return f"job:{self.job_id}:failed_images"
+        # A prefix: no key has exactly this name (see _get_pending_key).
+        self._pending_key = f"job:{job_id}:pending_images"
+        self._total_key = f"job:{job_id}:pending_images_total"
+        self._failed_key = f"job:{job_id}:failed_images"
 
     def _get_redis(self):
         return get_redis_connection("default")
 
-    def initialize_job(self, image_ids: list) -> None:
-        ids = [str(i) for i in image_ids]
-        pipe = self._get_redis().pipeline()
-        for stage in STAGES:
-            pipe.delete(self._pending_key(stage))
-            if ids:
-                pipe.sadd(self._pending_key(stage), *ids)
-            pipe.expire(self._pending_key(stage), STATE_TTL)
-        pipe.set(self._total_key, len(ids), ex=STATE_TTL)
-        pipe.delete(self._failed_key)
-        pipe.execute()
+    def _get_pending_key(self, stage: str) -> str:
+        return f"{self._pending_key}:{stage}"
 
-    def update_state(self, processed_image_ids, stage: str, failed_image_ids=None) -> JobStateProgress | None:
-        ids = [str(i) for i in processed_image_ids]
-        failed = [str(i) for i in failed_image_ids or ()]
+    def initialize_job(self, image_ids: list[str]) -> None:
         try:
             pipe = self._get_redis().pipeline()
-            if ids:
-                pipe.srem(self._pending_key(stage), *ids)
-            if failed:
-                pipe.sadd(self._failed_key, *failed)
-                pipe.expire(self._failed_key, STATE_TTL)
-            pipe.scard(self._pending_key(stage))
-            pipe.scard(self._failed_key)
-            pipe.get(self._total_key)
-            results = pipe.execute()
+            for stage in self.STAGES:
+                key = self._get_pending_key(stage)
+                pipe.delete(key)
+                if image_ids:
+                    pipe.sadd(key, *image_ids)
+                    pipe.expire(key, self.TIMEOUT)
+            pipe.delete(self._failed_key)
+            pipe.set(self._total_key, len(image_ids), ex=self.TIMEOUT)
+            pipe.execute()
         except RedisError as e:
-            # The bug: a transient error looks exactly like missing state to the caller,
-            # and the cause goes to this module's logger, never to the job's own log.
-            logger.error(f"Redis error updating job {self.job_id} state: {e}")
-            return None
-        remaining, failed_count, total_raw = results[-3:]
+            logger.error(f"Redis error initializing job {self.job_id}: {e}")
+            raise
+
+    def _update_state(
+        self, processed_image_ids: set[str], stage: str, failed_image_ids: set[str] | None
+    ) -> "JobStateProgress | None":
+        pending_key = self._get_pending_key(stage)
+        pipe = self._get_redis().pipeline()
+        if processed_image_ids:
+            pipe.srem(pending_key, *processed_image_ids)
+        if failed_image_ids:
+            pipe.sadd(self._failed_key, *failed_image_ids)
+            pipe.expire(self._failed_key, self.TIMEOUT)
+        pipe.scard(pending_key)
+        pipe.scard(self._failed_key)
+        pipe.get(self._total_key)
+        replies = pipe.execute()
+        remaining, failed, total_raw = replies[-3:]
         if total_raw is None:
             return None
         total = int(total_raw)
+        remaining = int(remaining)
+        processed = total - remaining
+        percentage = processed / total if total > 0 else 1.0
+        logger.info(
+            f"Pending images from Redis for job {self.job_id} {stage}: {remaining}/{total}: {percentage * 100}%"
+        )
+        progress = JobStateProgress(
+            remaining=remaining, total=total, processed=processed, percentage=percentage, failed=int(failed)
+        )
+        if not PRE:
+            progress.newly_removed = int(replies[0]) if processed_image_ids else 0
+        return progress
+
+    if PRE:
+
+        def update_state(
+            self, processed_image_ids: set[str], stage: str, failed_image_ids: set[str] | None = None
+        ) -> "JobStateProgress | None":
+            try:
+                return self._update_state(processed_image_ids, stage, failed_image_ids)
+            except RedisError as e:
+                # PRE: the same value as "total key missing".
+                logger.error(f"Redis error updating job {self.job_id} state: {e}")
+                return None
+
+    else:
+
+        def update_state(
+            self, processed_image_ids: set[str], stage: str, failed_image_ids: set[str] | None = None
+        ) -> "JobStateProgress | None":
+            # HEAD: a RedisError reaches the caller; None means only "total key missing".
+            return self._update_state(processed_image_ids, stage, failed_image_ids)
+
+    def get_progress(self, stage: str) -> "JobStateProgress | None":
+        try:
+            pipe = self._get_redis().pipeline()
+            pipe.scard(self._get_pending_key(stage))
+            pipe.scard(self._failed_key)
+            pipe.get(self._total_key)
+            remaining, failed, total_raw = pipe.execute()
+        except RedisError as e:
+            logger.error(f"Redis error reading job {self.job_id} progress: {e}")
+            return None
+        if total_raw is None:
+            return None
+        total = int(total_raw)
+        processed = total - int(remaining)
         return JobStateProgress(
-            total=total, remaining=remaining, processed=total - remaining, failed=failed_count
+            remaining=int(remaining),
+            total=total,
+            processed=processed,
+            percentage=processed / total if total > 0 else 1.0,
+            failed=int(failed),
         )
 
+    if not PRE:
+
+        def get_pending_image_ids(self) -> set[str]:
+            try:
+                members = self._get_redis().sunion(*[self._get_pending_key(s) for s in self.STAGES])
+            except RedisError as e:
+                logger.error(f"Redis error reading pending image ids for job {self.job_id}: {e}")
+                return set()
+            return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
     def cleanup(self) -> None:
-        keys = [self._pending_key(s) for s in STAGES] + [self._total_key, self._failed_key]
-        self._get_redis().delete(*keys)
+        try:
+            keys = [self._get_pending_key(s) for s in self.STAGES] + [self._failed_key, self._total_key]
+            self._get_redis().delete(*keys)
+        except RedisError as e:
+            logger.warning(f"Redis error cleaning up job {self.job_id}: {e}")

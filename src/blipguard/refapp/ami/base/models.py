@@ -1,0 +1,11 @@
+"""The platform's abstract base model: creation and update timestamps."""
+
+from django.db import models
+
+
+class BaseModel(models.Model):
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
