@@ -107,9 +107,31 @@ def _wrap_update_progress(original, host: Host):
                         "(a duplicate)", arguments.get("job_id"), run.delivery)
             kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
         with progress_lock(arguments.get("job_id")):
+            kwargs = _never_backwards(host, arguments.get("job_id"), arguments.get("stage"), kwargs)
             return original(*args, **kwargs)
 
     return _update_job_progress
+
+
+def _never_backwards(host: Host, job_id, stage, kwargs: dict) -> dict:
+    """Under the lock, a Redis snapshot taken before another worker's newer one must not
+    overwrite it: processed and failed only grow, remaining only shrinks. (The host writes
+    the passed values as they are.) A host whose progress has another shape is left as is."""
+    if not any(k in kwargs for k in MONOTONIC):
+        return kwargs
+    try:
+        job = host.target("JOB_MODEL").objects.only("progress").get(pk=job_id)
+        stored = {p.key: p.value for p in job.progress.get_stage(stage).params}
+    except Exception:  # noqa: BLE001 - a missing job or stage is the host's to report
+        return kwargs
+    out = dict(kwargs)
+    for key, pick in MONOTONIC.items():
+        if isinstance(out.get(key), int) and isinstance(stored.get(key), int):
+            out[key] = pick(out[key], stored[key])
+    return out
+
+
+MONOTONIC = {"processed": max, "failed": max, "remaining": min}
 
 
 LOCK_SPACE = 0x626C6770  # "blgp": the advisory-lock key space of progress writes

@@ -70,7 +70,7 @@ def _run(task, original, host, args, kwargs):
                 raise
         if run.transient is not None:  # the pre-fix body swallowed it after its ack
             _transient(task, host, job_id, run.transient, info, ack_only=False)
-        elif run.ack_unconfirmed is not None and run.missing_state is None:
+        elif run.ack_unconfirmed is not None and run.missing_state is None and not _ended(host, job_id):
             cause = TransientDependencyError("nats", run.ack_unconfirmed, "acknowledging the task")
             if not _ack_again(host, job_id, reply_subject, run, cause):
                 _transient(task, host, job_id, cause, info, ack_only=True)
@@ -78,6 +78,13 @@ def _run(task, original, host, args, kwargs):
     if info.get("first_failure"):
         waited = time.time() - info["first_failure"]
         host.job_logger(job_id).info(messages.recovered(info.get("dependency", "a dependency"), task.request.retries, waited))
+
+
+def _ended(host, job_id: int) -> bool:
+    """The job is final: its stream went with its cleanup (on the current platform the last
+    result acks after the cleanup it triggered), so there is nothing left to ack."""
+    job = host.job(job_id)
+    return job is None or job.status in messages.FINAL_STATUSES
 
 
 ACK_AGAIN = (0.2, 0.5)  # seconds before each inline re-ack; a Celery retry waits behind the queue
@@ -131,10 +138,10 @@ def _transient(task, host, job_id: int, exc: BaseException, info: dict, ack_only
     from celery.exceptions import Ignore
 
     dependency = classify(exc).dependency or "a dependency"
-    job = host.job(job_id)
-    if job is None or job.status in messages.FINAL_STATUSES:
+    if _ended(host, job_id):
         logger.info("job %s ended meanwhile; not retrying after %s", job_id, describe(exc))
         raise Ignore()
+    job = host.job(job_id)
     info = {**info, "dependency": dependency, "ack_only": ack_only}
     info.setdefault("first_failure", time.time())
     breaker.on_transient(task, dependency, exc, host.config)

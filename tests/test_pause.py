@@ -17,6 +17,8 @@ from blipguard.localstack.procs import wait_until
 pytestmark = pytest.mark.pause
 
 WORKERS = 3
+# Small enough that the job log (read newest-first, 5000 lines) still holds the outage's lines.
+OUTAGE_IMAGES = 300
 
 
 @pytest.fixture
@@ -173,13 +175,13 @@ def test_fleet_paused_through_a_120s_redis_outage(stack, web, redis_direct, app,
         reply = fleet.resume(app, expect=WORKERS)
         assert reply.confirmed == sorted(workers.hostnames), reply.replies
 
-    outcome = run_job(web.url, redis_direct, 840, fault=outage, fault_at=0.3,
+    outcome = run_job(web.url, redis_direct, OUTAGE_IMAGES, fault=outage, fault_at=0.3,
                       settle=lambda: stack.rabbitmq.queue_depth(queue) == 0, timeout=400)
     print(outcome.summary(), seen)
     assert seen["renewals"] >= 20
     assert seen["held_in_queue"] > 0, "results must have waited in RabbitMQ during the outage"
     assert outcome.status == "SUCCESS"
-    assert (outcome.processed, outcome.failed) == (840, 0)
+    assert (outcome.processed, outcome.failed) == (OUTAGE_IMAGES, 0)
     assert outcome.detections == outcome.expected_detections == outcome.detections_counter
     assert not outcome.log_contains("Retries exhausted")
 
@@ -193,11 +195,11 @@ def test_the_breaker_alone_carries_a_job_through_60s(stack, web, redis_direct, w
         finally:
             stack.redis.start()
 
-    outcome = run_job(web.url, redis_direct, 840, fault=outage, fault_at=0.3,
+    outcome = run_job(web.url, redis_direct, OUTAGE_IMAGES, fault=outage, fault_at=0.3,
                       settle=lambda: stack.rabbitmq.queue_depth(queue) == 0, timeout=400)
     print(outcome.summary())
     assert outcome.status == "SUCCESS"
-    assert (outcome.processed, outcome.failed) == (840, 0)
+    assert (outcome.processed, outcome.failed) == (OUTAGE_IMAGES, 0)
     assert not outcome.log_contains("Retries exhausted")
     assert outcome.log_contains("Result held back")
 

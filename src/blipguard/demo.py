@@ -34,7 +34,8 @@ FAULTS = {
 
 def _telling_lines(o: JobOutcome, most: int = 4) -> list[str]:
     """The job-log lines that explain the outcome, each message once."""
-    keys = ("FAILURE", "Redis", "redis", "Retrying", "retry", "Recovered", "Finalizing")
+    keys = ("marked as FAILURE", "Redis connection error", "Transient", "Retrying", "Recovered",
+            "not found in Redis", "Acknowledged again")
     seen, picked = set(), []
     for line in o.log:
         message = line.split("] ", 1)[-1]
