@@ -66,6 +66,19 @@ def platform(request) -> Platform:
     return request.param
 
 
+@pytest.fixture
+def redis_server(tmp_path):
+    """A throwaway redis-server of the test's own, stopped by PID at teardown."""
+    from blipguard.localstack.redis import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop(save=False)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     with LocalStack(tmp_path_factory.mktemp("stack")) as s:

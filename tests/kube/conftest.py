@@ -60,16 +60,6 @@ def namespace(kube: KubeServer, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop(save=False)
-
-
-@pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats")
     try:

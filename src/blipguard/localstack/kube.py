@@ -451,7 +451,18 @@ def _stop_and_reap(proc: subprocess.Popen) -> None:
         pass
 
 
-class EtcdServer(ManagedServer):
+class _GoServer(ManagedServer):
+    """Stopped by PID, then reaped: a Go process can look dead while its threads exit."""
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.proc is None:
+                return
+            proc, self.proc = self.proc, None
+            _stop_and_reap(proc)
+
+
+class EtcdServer(_GoServer):
     """A single-member etcd over plain HTTP on 127.0.0.1 (no fsync: test data only)."""
 
     name = "etcd"
@@ -492,12 +503,6 @@ class EtcdServer(ManagedServer):
             self.proc = spawn(argv, self.log_path, cwd=self.workdir)
             wait_until(self._ready, 15, f"etcd on port {self.port}", 0.02)
 
-    def stop(self) -> None:
-        with self._lock:
-            if self.proc is None:
-                return
-            proc, self.proc = self.proc, None
-            _stop_and_reap(proc)
 
 
 AUDIT_POLICY = """\
@@ -509,7 +514,7 @@ rules:
 """
 
 
-class KubeAPIServer(ManagedServer):
+class KubeAPIServer(_GoServer):
     """kube-apiserver with RBAC, a service-account issuer and a JSON audit log."""
 
     name = "kube-apiserver"
@@ -570,12 +575,6 @@ class KubeAPIServer(ManagedServer):
             self.proc = spawn(argv, self.log_path, cwd=self.workdir)
             wait_until(self._ready, 60, f"kube-apiserver /readyz on port {self.port}", 0.05)
 
-    def stop(self) -> None:
-        with self._lock:
-            if self.proc is None:
-                return
-            proc, self.proc = self.proc, None
-            _stop_and_reap(proc)
 
 
 def _stop_servers(servers: list[ManagedServer]) -> None:
