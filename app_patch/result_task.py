@@ -138,10 +138,10 @@ def _transient(task, host, job_id: int, exc: BaseException, info: dict, ack_only
     from celery.exceptions import Ignore
 
     dependency = classify(exc).dependency or "a dependency"
-    if _ended(host, job_id):
+    job = host.job(job_id)
+    if job is None or job.status in messages.FINAL_STATUSES:
         logger.info("job %s ended meanwhile; not retrying after %s", job_id, describe(exc))
         raise Ignore()
-    job = host.job(job_id)
     info = {**info, "dependency": dependency, "ack_only": ack_only}
     info.setdefault("first_failure", time.time())
     breaker.on_transient(task, dependency, exc, host.config)
