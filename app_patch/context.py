@@ -19,7 +19,8 @@ class TaskRun:
     # One delivery of a result: the Celery task id, kept across Celery retries and new
     # for a NATS redelivery, so a replay can be told from a duplicate (see state.CLAIM).
     delivery: str | None = None
-    newly: dict[str, int] = field(default_factory=dict)  # stage -> images this delivery moved
+    newly: dict[str, int] = field(default_factory=dict)  # stage -> images whose counts this delivery adds
+    claims: dict[str, object] = field(default_factory=dict)  # stage -> state.Claim
     transient: BaseException | None = None  # a transient error the host's body may swallow
     ack_unconfirmed: str | None = None  # why the last ack was not confirmed by JetStream
     results_counted: bool = False  # this run passed result counts to the host's progress

@@ -4,7 +4,7 @@ Patched (each original kept in its wrapper's closure and in the install record):
 - the state manager's ``update_state`` (state.py) and ``cleanup`` (also drops the claim hashes);
 - the queue manager's ``acknowledge_task`` (a JetStream-confirmed ack, ack.py);
 - the tasks module's ``_ack_task_via_nats`` (notes an unconfirmed ack) and
-  ``_update_job_progress`` (result counts only from the delivery that moved the image);
+  ``_update_job_progress`` (each image's result counts added once, state.py);
 - the result task's ``run`` (result_task.py), around whatever the host has there,
   its own ``autoretry_for`` wrapper included.
 
@@ -84,9 +84,12 @@ def _wrap_cleanup(original):
 def _wrap_update_progress(original, host: Host):
     """Exact progress counters.
 
-    - Result counts reach the host's progress only from the delivery that moved the image
-      out of the results stage (the pre-fix host adds them on every call, so a NATS
-      redelivery doubled them).
+    - Each image's result counts reach the host's progress once: from the delivery that
+      moved it out of the results stage or, if that one died before its write, from the
+      NATS redelivery (the pre-fix host adds them on every call, so a redelivery doubled
+      them; the current one drops them when its claim moved nothing). Marked under the
+      lock, so two live deliveries never both add them; the results stage is held below
+      100 % until every image's counts are in.
     - Progress writes of one job are serialized: the current host reads the job with a
       plain ``get()`` and writes the stage back whole, so two workers updating one job at
       once lose one update. A PostgreSQL advisory lock, held around the host's call, keeps
@@ -102,15 +105,48 @@ def _wrap_update_progress(original, host: Host):
         except TypeError:
             return original(*args, **kwargs)  # let the host raise its own error
         run = context.current()
-        if run is not None and run.newly.get("results", 1) == 0 and arguments.get("stage") == "results":
-            logger.info("job %s: result counts not added: delivery %s moved no image out of the results stage "
-                        "(a duplicate)", arguments.get("job_id"), run.delivery)
-            kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
+        stage = arguments.get("stage")
+        claim = run.claims.get(stage) if run is not None and stage == "results" else None
         with progress_lock(arguments.get("job_id")):
-            kwargs = _never_backwards(host, arguments.get("job_id"), arguments.get("stage"), kwargs)
-            return original(*args, **kwargs)
+            # No claim: the host's own update_state ran (not patched); leave its call alone.
+            added = 0
+            if claim is not None:
+                added, done = claim.count()
+                if not added:
+                    logger.info("job %s: result counts not added: delivery %s has no image whose counts are "
+                                "still to add (a duplicate)", arguments.get("job_id"), run.delivery)
+                    kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
+                args, kwargs = _at_most(signature, args, kwargs, done / claim.total if claim.total else None)
+            try:
+                kwargs = _never_backwards(host, arguments.get("job_id"), stage, kwargs)
+                return original(*args, **kwargs)
+            except BaseException:
+                if added:
+                    _uncount(claim, arguments.get("job_id"))
+                raise
 
     return _update_job_progress
+
+
+def _at_most(signature, args, kwargs, percentage):
+    """The results stage's progress as far as counts are in, not as far as images are
+    claimed: a job must not complete (and delete its NATS stream) while a claimed image's
+    counts can still come from a redelivery."""
+    bound = signature.bind_partial(*args, **kwargs)
+    passed = bound.arguments.get("progress_percentage")
+    if percentage is None or not isinstance(passed, (int, float)) or passed <= percentage:
+        return args, kwargs
+    bound.arguments["progress_percentage"] = percentage
+    return bound.args, bound.kwargs
+
+
+def _uncount(claim, job_id) -> None:
+    """The host's write failed: its counts are not in, so a retry or redelivery must add them."""
+    try:
+        claim.uncount()
+    except Exception as e:  # noqa: BLE001 - the host's own error is the one to raise
+        logger.warning("job %s: could not unmark images %s as counted after a failed progress write: %s",
+                       job_id, claim.ids, e)
 
 
 def _never_backwards(host: Host, job_id, stage, kwargs: dict) -> dict:

@@ -7,9 +7,14 @@ or ``None`` only when the job's total key is really gone. A Redis error is raise
 ``except RedisError: raise`` rely on); the pre-fix platform turned it into ``None``, which
 its task read as "state missing" and failed the job.
 
-What it adds: ``newly_removed`` counts the images *this delivery* moved out of the stage's
-pending set, so a replay after a lost reply still counts once and a NATS redelivery does
-not count again (see CLAIM); and a missing-state diagnosis in the job's own log.
+What it adds: ``newly_removed`` counts the images of this delivery whose result counts are
+still to be added: the ones it moved out of the stage's pending set, and ones another
+delivery moved but never counted (that worker died between its claim and its progress
+write; this NATS redelivery takes them over). A redelivery of an image already counted
+counts 0. The progress write marks what it counts (``Claim.count``, under the job's
+progress lock, patcher.py), so two live deliveries never both count one image, and the
+results stage reaches 100 % only once every image's counts are in. Plus a missing-state
+diagnosis in the job's own log.
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ from . import context
 from .classify import classify
 from .diagnosis import FINAL_STATUSES, MissingStateFacts, explain
 
-# Moves images out of a stage's pending set; the delivery that moved an image owns it.
-# A replay by the same delivery (its reply was lost) still counts; another delivery of
-# the same image, or an image outside the job, does not.
+# Moves images out of a stage's pending set, noting the delivery that moved each. Counts
+# the images whose result counts are still to be added: moved now, or moved earlier (by a
+# replay of this delivery after a lost reply, or by one that died before its progress
+# write) and not counted yet. An image outside the job, or already counted, counts 0.
 CLAIM = """
 local n = 0
 for i = 3, #ARGV do
   if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
     n = n + 1
-  elseif redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then
+  elseif redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 and redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then
     n = n + 1
   end
 end
@@ -46,17 +52,47 @@ def owner_key(manager, stage: str) -> str:
     return f"{manager._get_pending_key(stage)}:owner"
 
 
+def counted_key(manager, stage: str) -> str:
+    """Set of the images whose result counts are in the job's progress for ``stage``."""
+    return f"{manager._get_pending_key(stage)}:counted"
+
+
 def _ids(values) -> list[str]:
     return [str(v) for v in values or ()]
+
+
+def _ttl(manager) -> int:
+    return int(getattr(manager, "TIMEOUT", 7 * 86400))
+
+
+class Claim:
+    """This delivery's images in one stage, and the set that marks whose counts are in."""
+
+    def __init__(self, redis, key: str, ids: list[str], total: int, ttl: int):
+        self.redis, self.key, self.ids, self.total, self.ttl = redis, key, ids, total, ttl
+
+    def count(self) -> tuple[int, int]:
+        """Mark this delivery's images counted: (how many were not yet, how many are now)."""
+        pipe = self.redis.pipeline()
+        if self.ids:
+            pipe.sadd(self.key, *self.ids)
+            pipe.expire(self.key, self.ttl)
+        pipe.scard(self.key)
+        replies = pipe.execute()
+        return (int(replies[0]) if self.ids else 0), int(replies[-1])
+
+    def uncount(self) -> None:
+        if self.ids:
+            self.redis.srem(self.key, *self.ids)
 
 
 def _execute(manager, stage: str, ids: list[str], failed: list[str], delivery: str | None, by_sha: bool):
     pending_key = manager._get_pending_key(stage)
     failed_key = manager._failed_key
-    ttl = int(getattr(manager, "TIMEOUT", 7 * 86400))
+    ttl = _ttl(manager)
     pipe = manager._get_redis().pipeline()
     if ids and delivery:
-        args = (2, pending_key, owner_key(manager, stage), delivery, ttl, *ids)
+        args = (3, pending_key, owner_key(manager, stage), counted_key(manager, stage), delivery, ttl, *ids)
         pipe.evalsha(CLAIM_SHA, *args) if by_sha else pipe.eval(CLAIM, *args)
     elif ids:
         pipe.srem(pending_key, *ids)
@@ -94,6 +130,8 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
     newly = int(results[0]) if ids else 0
     if run is not None:
         run.newly[stage] = newly
+        run.claims[stage] = Claim(manager._get_redis(), counted_key(manager, stage), ids if newly else [], total,
+                                  ttl=_ttl(manager))
     logging.getLogger(type(manager).__module__).info(
         f"Pending images from Redis for job {manager.job_id} {stage}: {remaining}/{total}: {percentage * 100}%"
     )
@@ -107,7 +145,8 @@ def cleanup_extra(manager) -> None:
     """Delete what this module adds beside the host's keys (best effort, like the host's)."""
     stages = getattr(manager, "STAGES", ("process", "results"))
     try:
-        manager._get_redis().delete(*[owner_key(manager, s) for s in stages])
+        keys = [k for s in stages for k in (owner_key(manager, s), counted_key(manager, s))]
+        manager._get_redis().delete(*keys)
     except Exception as e:  # noqa: BLE001 - the host's cleanup swallows Redis errors too
         logging.getLogger(__name__).warning("could not delete claim hashes of job %s: %s", manager.job_id, e)
 

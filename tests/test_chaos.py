@@ -214,3 +214,82 @@ def test_results_nats_redelivers_are_counted_once(stack, web, redis_direct, plat
     # platform's save dedupes by reading first, with no unique constraint): its race, not
     # counted here. The progress counters are the patch's to keep exact.
     assert_nothing_lost(outcome, n, exact_rows=False)
+
+
+# The worker's backend waiting on a lock, by the lock's kind: its client port names the process.
+_WAITING_ON = ("SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+               "WHERE NOT l.granted AND ")
+SAVE_BLOCKED = _WAITING_ON + "l.locktype = 'relation' AND l.relation = %s::regclass"
+PROGRESS_BLOCKED = _WAITING_ON + "l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s"
+
+
+def test_a_worker_killed_between_claim_and_progress_write_loses_no_counts(
+        stack, web, redis_direct, platform, worker_pool):
+    """SIGKILL the worker after its results-stage claim and before its progress write: the
+    NATS redelivery adds that result's counts, and the job ends SUCCESS with exact counters.
+
+    The kill provably lands in that window: the test holds the table the save writes (so the
+    one task in flight stops after its process-stage write), then the job's progress lock,
+    then lets the save go on: the task claims its image in Redis and waits on that lock,
+    where PostgreSQL shows it waiting. Its client port names the process to kill."""
+    import os
+    import signal
+
+    from ami.jobs.models import Job
+    from ami.main.models import Detection
+    from ami.ml.orchestration.async_job_state import AsyncJobStateManager
+    from blipguard.app_patch.patcher import LOCK_SPACE
+    from blipguard.app_patch.state import counted_key
+    from blipguard.harness import seed
+    from blipguard.harness.jobrun import collect
+    from blipguard.harness.simulator import ProcessingService
+    from blipguard.localstack.procs import pid_alive, pid_of_tcp_client
+
+    if platform.is_pre:
+        pytest.skip("the pre-fix platform acks before its results stage, so nothing is redelivered after "
+                    "this kill; the patch keeps the host's order of steps")
+    ack_wait, n = 4, 6
+    worker_pool.ensure(platform.patched_settings, count=1, concurrency=1, **CLIENT_RETRIES,
+                       **ack_wait_env(platform, ack_wait))
+    job = seed.start_async_job(seed.create_async_job(n), ack_wait=ack_wait)
+    image_ids = seed.image_ids(job)
+    manager = AsyncJobStateManager(job.pk)
+    saves, progress, watch = (stack.postgres.connect() for _ in range(3))
+    progress.autocommit = watch.autocommit = True
+
+    def waiting(sql, *args):
+        with watch.cursor() as c:
+            c.execute(sql, args)
+            return [row[0] for row in c.fetchall()]
+
+    try:
+        with saves.cursor() as c:
+            c.execute(f'LOCK TABLE "{Detection._meta.db_table}" IN EXCLUSIVE MODE')
+        with ProcessingService(web.url, job.pk, seed.processing_service_token(), batch_size=1) as sim:
+            wait_until(lambda: waiting(SAVE_BLOCKED, Detection._meta.db_table), 60, "a result task to reach its save")
+            with progress.cursor() as c:
+                c.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_SPACE, job.pk))
+            saves.commit()
+            ports = wait_until(lambda: waiting(PROGRESS_BLOCKED, LOCK_SPACE, job.pk), 30,
+                               "the task to wait for its results-stage progress write")
+            claimed = n - redis_direct.scard(manager._get_pending_key("results"))
+            counted = redis_direct.scard(counted_key(manager, "results"))
+            assert (claimed, counted) == (1, 0), "the kill must land after the claim, before the counts"
+            pid = pid_of_tcp_client(ports[0])
+            assert pid is not None and pid not in [worker_pool.workers.pid(h) for h in worker_pool.workers.hostnames]
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not pid_alive(pid), 10, "the killed worker process to be gone")
+            with progress.cursor() as c:
+                c.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_SPACE, job.pk))
+            wait_until(lambda: Job.objects.get(pk=job.pk).status in ("SUCCESS", "FAILURE"), 120,
+                       "the job to end after the redelivery")
+    finally:
+        for conn in (saves, progress, watch):
+            conn.close()
+    outcome = collect(job.pk, redis_direct, image_ids)
+    print(outcome.summary())
+    assert outcome.status == "SUCCESS"
+    assert (outcome.processed, outcome.failed, outcome.results_processed) == (n, 0, n)
+    assert outcome.detections_counter == outcome.expected_detections, "the killed result's counts must be added"
+    assert outcome.redis_keys == [] and not outcome.stream_exists
+    assert sim.errors == []

@@ -12,7 +12,7 @@ from blipguard.app_patch.pause import client as fleet
 from blipguard.harness import seed
 from blipguard.harness.jobrun import _int, _params, collect, run_job
 from blipguard.harness.simulator import ProcessingService
-from blipguard.localstack.procs import wait_until
+from blipguard.localstack.procs import free_port, wait_until
 
 pytestmark = pytest.mark.pause
 
@@ -89,6 +89,30 @@ def test_a_lease_that_is_not_renewed_expires(stack, app, workers, consuming):
     # Not before the lease ran out: a resume that came early would be a lease ignored.
     assert time.monotonic() - paused_at >= 2.0 - 0.05
     assert not any(r["paused"] for r in fleet.status(app, expect=WORKERS).replies.values())
+
+
+def test_pause_goes_out_after_the_broker_dropped_our_idle_connection(stack, app, workers, consuming):
+    # A long-lived caller (the operator) keeps broker connections that sit idle between blips;
+    # the broker closes them once heartbeats stop. The next pause must still reach every worker.
+    fleet.status(app, expect=WORKERS)
+    with app.pool.acquire(block=True) as conn:
+        conn.ensure_connection()
+        port = conn.connection.sock.getsockname()[1]
+    assert stack.rabbitmq.close_connections_from({port}) == 1
+    reply = fleet.pause(app, lease=30, reason="blip", expect=WORKERS)
+    assert reply.confirmed == sorted(workers.hostnames), reply.replies
+    wait_until(lambda: consuming() == 0, 10, "every worker to stop consuming")
+    fleet.resume(app, expect=WORKERS)
+    wait_until(lambda: consuming() == WORKERS, 10, "every worker to consume again")
+
+
+def test_an_unreachable_broker_is_a_clear_error(django_app, monkeypatch):
+    from celery import Celery
+
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # it would win over the app's own broker
+    dead = Celery("dead", broker=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    with pytest.raises(fleet.BrokerUnreachable, match=r"cannot send blipguard_pause to the workers: broker amqp://"):
+        fleet.pause(dead, lease=10, reason="blip")
 
 
 def test_renewal_extends_and_resume_ends_at_once(stack, app, workers, consuming):

@@ -4,6 +4,12 @@ from dataclasses import dataclass
 
 from .worker import PAUSE, RESUME, STATUS
 
+CONNECT_RETRIES = 3
+
+
+class BrokerUnreachable(ConnectionError):
+    """The control message could not be sent: no worker was asked anything."""
+
 
 @dataclass
 class FleetReply:
@@ -23,9 +29,17 @@ class FleetReply:
 
 
 def _call(app, command: str, arguments: dict, timeout: float, expect: int | None, destination=None) -> FleetReply:
-    replies = app.control.broadcast(
-        command, arguments=arguments, reply=True, timeout=timeout, limit=expect, destination=destination
-    )
+    # A fresh connection per call, not one from the app's pool: a pooled connection that sat
+    # idle past the broker's heartbeat timeout has been closed by the broker, and the first
+    # pause after a quiet spell would fail on it. Pauses are rare; a connect is cheap.
+    with app.connection_for_write() as conn:
+        try:
+            conn.ensure_connection(max_retries=CONNECT_RETRIES, interval_start=0.2, interval_step=0.5)
+        except Exception as e:  # kombu raises OperationalError, or the transport's own error
+            raise BrokerUnreachable(f"cannot send {command} to the workers: broker {conn.as_uri()} "
+                                    f"unreachable after {CONNECT_RETRIES} retries: {e}") from e
+        replies = app.control.broadcast(command, arguments=arguments, reply=True, timeout=timeout, limit=expect,
+                                        destination=destination, connection=conn)
     merged: dict[str, dict] = {}
     for reply in replies or []:
         merged.update(reply)

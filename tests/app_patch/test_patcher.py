@@ -66,7 +66,7 @@ def make_host(**changes) -> dict:
     def process_nats_pipeline_result(self, job_id, result_data, reply_subject):
         return "host body"
 
-    calls = []
+    calls, percentages = [], []
 
     def _fail_job(job_id, reason):
         calls.append(("fail", job_id, reason))
@@ -76,6 +76,7 @@ def make_host(**changes) -> dict:
 
     def _update_job_progress(job_id, stage, progress_percentage, complete_state, **state_params):
         calls.append(("progress", stage, state_params))
+        percentages.append(progress_percentage)
 
     members = {
         "state": {"AsyncJobStateManager": AsyncJobStateManager, "JobStateProgress": JobStateProgress},
@@ -98,7 +99,7 @@ def make_host(**changes) -> dict:
         mod = types.ModuleType(f"{PKG}.{module}")
         mod.__dict__.update(names)
         sys.modules[mod.__name__] = mod
-    return {"calls": calls, **{k: v for names in members.values() for k, v in names.items()}}
+    return {"calls": calls, "percentages": percentages, **{k: v for names in members.values() for k, v in names.items()}}
 
 
 @pytest.fixture
@@ -200,16 +201,31 @@ def test_ack_wait_is_what_the_host_creates_consumers_with(host_config):
     assert Host(cfg).ack_wait() == 30.0  # the pre-fix platform's module fallback
 
 
-def test_result_counts_reach_progress_only_from_the_delivery_that_moved_the_image(host_config):
+class FakeClaim:
+    def __init__(self, added, done, total=4):
+        self.ids, self.added, self.done, self.total, self.counted, self.uncounted = ["7"], added, done, total, 0, 0
+
+    def count(self):
+        self.counted += 1
+        return self.added, self.done
+
+    def uncount(self):
+        self.uncounted += 1
+
+
+def test_each_images_result_counts_reach_progress_once(host_config):
     host, cfg = host_config()
     patcher.install(cfg)
     tasks = sys.modules[f"{PKG}.tasks"]
     counts = {"detections": 3, "classifications": 6, "captures": 1}
+    counted, first = FakeClaim(added=0, done=3), FakeClaim(added=1, done=2)
 
-    with context.running(context.TaskRun(job_id=1, newly={"results": 0})):  # a redelivery
+    with context.running(context.TaskRun(job_id=1, claims={"results": counted})):  # a redelivery, counted
         tasks._update_job_progress(1, "results", 0.5, complete_state="SUCCESS", **counts)
         tasks._update_job_progress(1, "process", 0.5, complete_state="SUCCESS", processed=4)
-    with context.running(context.TaskRun(job_id=1, newly={"results": 1})):  # the owner
+    with context.running(context.TaskRun(job_id=1, claims={"results": first})):  # not counted yet
+        tasks._update_job_progress(1, "results", 0.5, complete_state="SUCCESS", **counts)
+    with context.running(context.TaskRun(job_id=1)):  # the host's own update_state ran
         tasks._update_job_progress(1, "results", 0.5, complete_state="SUCCESS", **counts)
     tasks._update_job_progress(1, "results", 0.5, complete_state="SUCCESS", **counts)  # outside a task
 
@@ -218,4 +234,32 @@ def test_result_counts_reach_progress_only_from_the_delivery_that_moved_the_imag
         ("progress", "process", {"processed": 4}),
         ("progress", "results", counts),
         ("progress", "results", counts),
+        ("progress", "results", counts),
     ]
+    assert (counted.counted, first.counted, first.uncounted) == (1, 1, 0)
+
+
+def test_results_stage_completes_only_when_every_images_counts_are_in(host_config):
+    host, cfg = host_config()
+    patcher.install(cfg)
+    tasks = sys.modules[f"{PKG}.tasks"]
+    claim = FakeClaim(added=1, done=3, total=4)  # every image claimed, one still to be counted
+
+    with context.running(context.TaskRun(job_id=1, claims={"results": claim})):
+        tasks._update_job_progress(1, "results", 1.0, complete_state="SUCCESS", detections=1)
+        tasks._update_job_progress(1, "results", progress_percentage=0.5, complete_state="SUCCESS")
+    assert host["percentages"] == [0.75, 0.5]  # held at what is counted; never raised
+
+
+def test_a_failed_progress_write_leaves_its_counts_to_add(host_config):
+    def failing(job_id, stage, progress_percentage, complete_state, **state_params):
+        raise OSError("database went away")
+
+    host, cfg = host_config(tasks___update_job_progress=failing)
+    patcher.install(cfg)
+    tasks = sys.modules[f"{PKG}.tasks"]
+    claim = FakeClaim(added=1, done=1)
+    with context.running(context.TaskRun(job_id=1, claims={"results": claim})):
+        with pytest.raises(OSError):
+            tasks._update_job_progress(1, "results", 0.25, complete_state="SUCCESS", detections=1)
+    assert claim.uncounted == 1

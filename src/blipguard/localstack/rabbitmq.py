@@ -15,6 +15,7 @@ from .server import ManagedServer
 from .procs import free_port, log_tail, spawn, stop_pid, wait_until
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 EPMD = "/usr/bin/epmd"
 
 
@@ -126,7 +127,24 @@ class RabbitMQServer(ManagedServer):
             if epmd is not None:
                 stop_pid(epmd.pid, timeout=5)
 
+    def ctl(self, *args: str, timeout: float = 30) -> str:
+        env = self._env()
+        out = subprocess.run([RABBITMQCTL, "-n", self.nodename, "-q", *args], env=env, cwd=self.workdir,
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
+        return out.stdout
 
+    def close_connections_from(self, client_ports: set[int], reason: str = "test: idle connection dropped") -> int:
+        """Close, from the broker's side, the client connections whose local ports are
+        ``client_ports`` (as a missed-heartbeat timeout does). Returns how many it closed."""
+        closed = 0
+        for line in self.ctl("list_connections", "pid", "peer_port", "--no-table-headers").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) in client_ports:
+                self.ctl("close_connection", parts[0], reason)
+                closed += 1
+        return closed
 
     def _declare_passive(self, queue: str) -> tuple[int, int]:
         with Connection(self.url, connect_timeout=5) as conn:
