@@ -67,6 +67,7 @@ def wrap_ack_helper(original):
         run = context.current()
         if run is not None:
             run.ack_unconfirmed = "not attempted"
+            run.ack_attempted = True
         result = original(reply_subject, job_logger, *args, **kwargs)
         if run is not None and run.ack_unconfirmed == "not attempted":
             # Only a confirmed ack clears the mark: an exception inside the helper (a

@@ -116,7 +116,8 @@ def _wrap_update_progress(original, host: Host):
                     logger.info("job %s: result counts not added: delivery %s has no image whose counts are "
                                 "still to add (a duplicate)", arguments.get("job_id"), run.delivery)
                     kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
-                args, kwargs = _at_most(signature, args, kwargs, done / claim.total if claim.total else None)
+                if not run.ack_attempted:
+                    args, kwargs = _at_most(signature, args, kwargs, done / claim.total if claim.total else None)
             try:
                 kwargs = _never_backwards(host, arguments.get("job_id"), stage, kwargs)
                 return original(*args, **kwargs)
@@ -131,7 +132,9 @@ def _wrap_update_progress(original, host: Host):
 def _at_most(signature, args, kwargs, percentage):
     """The results stage's progress as far as counts are in, not as far as images are
     claimed: a job must not complete (and delete its NATS stream) while a claimed image's
-    counts can still come from a redelivery."""
+    counts can still come from a redelivery or a retry. Only where the host acks after
+    this write (the current platform): the pre-fix one acks before its results stage, so a
+    worker killed there is never redelivered, and holding the stage would hang the job."""
     bound = signature.bind_partial(*args, **kwargs)
     passed = bound.arguments.get("progress_percentage")
     if percentage is None or not isinstance(passed, (int, float)) or passed <= percentage:

@@ -65,13 +65,20 @@ def connection_pool_kwargs(
     retries: int = 1,
     backoff_base: float = 0.05,
     backoff_cap: float = 0.5,
+    client_name: str | None = None,
 ) -> dict:
     """Pool kwargs: TCP keepalive, health checks, retry with backoff on connection errors.
+
+    ``client_name`` names each connection (``CLIENT SETNAME``), so ``CLIENT LIST`` tells
+    the web, the workers and the breaker's probe (``<name>:probe``) apart: set it per
+    process kind, e.g. from an environment variable the worker's Deployment sets.
 
     One client retry by default: it absorbs a reset of an idle pooled connection at once;
     anything longer is the result task's to retry, with backoff fitted inside the NATS
     ack_wait (each client retry multiplies how long one attempt can block)."""
+    named = {"client_name": client_name} if client_name else {}
     return {
+        **named,
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(keepalive_idle, keepalive_interval, keepalive_count),
         "health_check_interval": health_check_interval,

@@ -28,21 +28,44 @@ from .classify import classify
 from .diagnosis import FINAL_STATUSES, MissingStateFacts, explain
 
 # Moves images out of a stage's pending set, noting the delivery that moved each. Counts
-# the images whose result counts are still to be added: moved now, or moved earlier (by a
-# replay of this delivery after a lost reply, or by one that died before its progress
-# write) and not counted yet. An image outside the job, or already counted, counts 0.
+# the images whose result counts this delivery is to add: moved now, or moved earlier (by
+# a replay of this delivery after a lost reply, or by one that died before its progress
+# write) and not counted by another delivery. An image outside the job counts 0.
 CLAIM = """
 local n = 0
 for i = 3, #ARGV do
   if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
     n = n + 1
-  elseif redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 and redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then
-    n = n + 1
+  elseif redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+    local by = redis.call('HGET', KEYS[3], ARGV[i])
+    if not by or by == ARGV[1] then
+      n = n + 1
+    end
   end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return n
+"""
+# Marks images counted by this delivery: {how many are this delivery's to count, how many
+# are counted in all}. Idempotent for one delivery: a retry after a lost reply counts again.
+COUNT = """
+local mine = 0
+for i = 3, #ARGV do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1])
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+    mine = mine + 1
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {mine, redis.call('HLEN', KEYS[1])}
+"""
+UNCOUNT = """
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
 """
 CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest()
 
@@ -53,7 +76,7 @@ def owner_key(manager, stage: str) -> str:
 
 
 def counted_key(manager, stage: str) -> str:
-    """Set of the images whose result counts are in the job's progress for ``stage``."""
+    """Hash of image -> the delivery whose result counts for it are in ``stage``'s progress."""
     return f"{manager._get_pending_key(stage)}:counted"
 
 
@@ -66,24 +89,22 @@ def _ttl(manager) -> int:
 
 
 class Claim:
-    """This delivery's images in one stage, and the set that marks whose counts are in."""
+    """This delivery's images in one stage, and the hash (image -> delivery) that marks
+    whose counts are in."""
 
-    def __init__(self, redis, key: str, ids: list[str], total: int, ttl: int):
+    def __init__(self, redis, key: str, ids: list[str], total: int, ttl: int, delivery: str | None):
         self.redis, self.key, self.ids, self.total, self.ttl = redis, key, ids, total, ttl
+        self.delivery = delivery or "-"
 
     def count(self) -> tuple[int, int]:
-        """Mark this delivery's images counted: (how many were not yet, how many are now)."""
-        pipe = self.redis.pipeline()
-        if self.ids:
-            pipe.sadd(self.key, *self.ids)
-            pipe.expire(self.key, self.ttl)
-        pipe.scard(self.key)
-        replies = pipe.execute()
-        return (int(replies[0]) if self.ids else 0), int(replies[-1])
+        """Mark this delivery's images counted: (how many are this delivery's to count,
+        how many are counted in all)."""
+        mine, done = self.redis.register_script(COUNT)(keys=[self.key], args=[self.delivery, self.ttl, *self.ids])
+        return int(mine), int(done)
 
     def uncount(self) -> None:
         if self.ids:
-            self.redis.srem(self.key, *self.ids)
+            self.redis.register_script(UNCOUNT)(keys=[self.key], args=[self.delivery, *self.ids])
 
 
 def _execute(manager, stage: str, ids: list[str], failed: list[str], delivery: str | None, by_sha: bool):
@@ -131,7 +152,7 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
     if run is not None:
         run.newly[stage] = newly
         run.claims[stage] = Claim(manager._get_redis(), counted_key(manager, stage), ids if newly else [], total,
-                                  ttl=_ttl(manager))
+                                  ttl=_ttl(manager), delivery=delivery)
     logging.getLogger(type(manager).__module__).info(
         f"Pending images from Redis for job {manager.job_id} {stage}: {remaining}/{total}: {percentage * 100}%"
     )

@@ -18,8 +18,6 @@ import logging
 import statistics
 import time
 
-from asgiref.sync import async_to_sync
-
 from blipguard.harness import seed
 from blipguard.harness.django_env import setup_django
 from blipguard.harness.simulator import fake_result
@@ -27,19 +25,6 @@ from blipguard.localstack import LocalStack
 from blipguard.refapp import SETTINGS
 
 PLATFORMS = {"pre-fix": "pre_patched", "current": "head_patched"}
-
-
-def reserve_all(job_id: int, n: int) -> list[dict]:
-    from ami.ml.orchestration.nats_queue import TaskQueueManager
-
-    async def pull() -> list[dict]:
-        out: list = []
-        async with TaskQueueManager() as m:
-            while len(out) < n:
-                out += await m.reserve_tasks(job_id, count=min(100, n - len(out)), timeout=2)
-        return out
-
-    return async_to_sync(pull)()
 
 
 class RoundTrips:
@@ -71,7 +56,7 @@ def one_round(n: int, patched: bool, trips: RoundTrips) -> tuple[float, float, s
         patcher.install(parse({}))
     try:
         job = seed.start_async_job(seed.create_async_job(n))
-        tasks = reserve_all(job.pk, n)
+        tasks = seed.reserve_tasks(job.pk, n)
         before = trips.count
         t0 = time.perf_counter()
         for t in tasks:

@@ -82,13 +82,16 @@ def test_update_state_keeps_the_hosts_contract(installed, redis_direct, platform
         # A NATS redelivery before delivery-1 wrote its counts (its worker died): it takes over.
         takeover = manager.update_state({ids[0]}, stage="process")
         run.claims["process"].count()
-        duplicate = manager.update_state({ids[0]}, stage="process")  # once counted, a duplicate
+        again = manager.update_state({ids[0]}, stage="process")  # its own retry (a reply lost) still counts
+    with context.running(context.TaskRun(job.pk, delivery="delivery-3")):
+        duplicate = manager.update_state({ids[0]}, stage="process")  # counted by another: a duplicate
     assert type(progress) is JobStateProgress
     assert (progress.total, progress.remaining, progress.processed, progress.failed) == (4, 3, 1, 1)
     assert progress.percentage == 0.25
     if not platform.is_pre:
-        newly = (progress.newly_removed, replay.newly_removed, takeover.newly_removed, duplicate.newly_removed)
-        assert newly == (1, 1, 1, 0)
+        newly = (progress.newly_removed, replay.newly_removed, takeover.newly_removed, again.newly_removed,
+                 duplicate.newly_removed)
+        assert newly == (1, 1, 1, 1, 0)
 
     redis_direct.delete(manager._total_key)
     assert manager.update_state({ids[2]}, stage="process") is None

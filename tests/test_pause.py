@@ -19,6 +19,7 @@ pytestmark = pytest.mark.pause
 WORKERS = 3
 # Small enough that the job log (read newest-first, 5000 lines) still holds the outage's lines.
 OUTAGE_IMAGES = 300
+WORKER_CLIENT = "antenna-worker"  # the workers' Redis connections say so in CLIENT LIST
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def queue(platform) -> str:
 @pytest.fixture
 def workers(worker_pool, platform, app):
     w = worker_pool.ensure(platform.patched_settings, count=WORKERS, concurrency=1, BLIPGUARD_SOCKET_TIMEOUT="1",
-                           BLIPGUARD_CONNECT_TIMEOUT="1")
+                           BLIPGUARD_CONNECT_TIMEOUT="1", BLIPGUARD_REDIS_CLIENT_NAME=WORKER_CLIENT)
     yield w
     fleet.resume(app, expect=len(w.hostnames), source="breaker")
 
@@ -78,6 +79,71 @@ def test_pause_holds_tasks_in_rabbitmq_and_resume_drains_them(stack, web, redis_
     outcome = collect(job.pk, redis_direct, image_ids)
     assert (outcome.processed, outcome.failed, outcome.detections) == (120, 0, outcome.expected_detections)
     assert sim.errors == []
+
+
+def _tally(app, kind: str) -> int:
+    return sum(len(tasks) for tasks in (getattr(app.control.inspect(timeout=1.0), kind)() or {}).values())
+
+
+def test_held_back_results_touch_no_redis_while_paused(stack, redis_direct, app, workers, queue, consuming):
+    """Results already prefetched, and results waiting as ETA tasks, when the pause starts:
+    all go back to the queue untouched. While paused no worker connection sends Redis a
+    single command (the connections are named, so the web, the result backend and this
+    test's own clients do not blur the count); after resume the job completes exactly."""
+    from ami.jobs.models import Job
+    from ami.jobs.tasks import process_nats_pipeline_result
+    from ami.main.models import Detection
+    from blipguard.harness.simulator import fake_result
+    from blipguard.localstack.redis_traffic import RedisTraffic
+
+    n_now, n_eta, eta_in = 2 * WORKERS, 4, 15.0
+    job, image_ids = start_job(n_now + n_eta)
+    tasks = seed.reserve_tasks(job.pk, n_now + n_eta)
+
+    def send(task, **options):
+        result = fake_result(int(task.image_id), task.image_url)
+        process_nats_pipeline_result.apply_async(
+            kwargs={"job_id": job.pk, "result_data": result,
+                    "reply_subject": task.reply_subject}, **options)
+
+    def held_back() -> int:
+        return sum(1 for h in stack.rabbitmq.peek(queue) if h.get("task") == process_nats_pipeline_result.name)
+
+    saves = stack.postgres.connect()
+    conn = redis_direct.connection_pool.connection_kwargs
+    url = f"redis://{conn['host']}:{conn['port']}/0"
+    try:
+        with saves.cursor() as c:  # each worker's task in flight waits in its save
+            c.execute(f'LOCK TABLE "{Detection._meta.db_table}" IN EXCLUSIVE MODE')
+        # ETA ones first: a worker takes an ETA task beyond its prefetch limit, not after it is full.
+        for t in tasks[n_now:]:
+            send(t, countdown=eta_in)
+        wait_until(lambda: _tally(app, "scheduled") == n_eta, 30, "the ETA results to reach the workers")
+        for t in tasks[:n_now]:
+            send(t)
+        wait_until(lambda: _tally(app, "active") == WORKERS and _tally(app, "reserved") == WORKERS, 30, "tasks in flight, prefetched and ETA on every worker")
+        reply = fleet.pause(app, lease=60, reason="test: hold-back", expect=WORKERS)
+        assert reply.confirmed == sorted(workers.hostnames), reply.replies
+        saves.commit()  # the tasks in flight finish; they started before the pause
+        wait_until(lambda: _tally(app, "active") == 0 and _tally(app, "reserved") == 0, 30,
+                   "the in-flight tasks to finish and the prefetched ones to be held back")
+        assert _tally(app, "scheduled") == n_eta, "the ETA results must still be waiting when the quiet window opens"
+        with RedisTraffic(url) as traffic:
+            wait_until(lambda: _tally(app, "scheduled") == 0 and _tally(app, "active") == 0, eta_in + 30,
+                       "the ETA results to come due while paused")
+            wait_until(lambda: held_back() == WORKERS + n_eta, 15, "every prefetched and ETA result back in the queue")
+        from_workers = traffic.commands_from(WORKER_CLIENT)
+        assert [c for c in from_workers if not c[0].endswith(":probe")] == [], from_workers[:10]
+        assert all(command.upper().startswith('"PING"') for _, command in from_workers), from_workers[:10]
+        assert Job.objects.get(pk=job.pk).status == "STARTED" and processed(job.pk) == WORKERS
+        reply = fleet.resume(app, expect=WORKERS)
+        assert reply.confirmed == sorted(workers.hostnames)
+        wait_until(lambda: job_status(job.pk) == "SUCCESS", 60, "the job to complete after resume")
+    finally:
+        saves.close()
+    outcome = collect(job.pk, redis_direct, image_ids)
+    assert (outcome.processed, outcome.failed) == (n_now + n_eta, 0)
+    assert outcome.detections == outcome.expected_detections == outcome.detections_counter
 
 
 def test_a_lease_that_is_not_renewed_expires(stack, app, workers, consuming):

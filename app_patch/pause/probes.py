@@ -43,6 +43,8 @@ def _ping_once(pool, timeout: float) -> bool:
         "retry": Retry(NoBackoff(), 0),  # redis-py 6+ would retry by default
         "health_check_interval": 0,
     }
+    if pool.connection_kwargs.get("client_name"):  # named only where the pool's own are (ACLs allow it)
+        kwargs["client_name"] = f"{pool.connection_kwargs['client_name']}:probe"
     conn = pool.connection_class(**kwargs)
     try:
         conn.connect()

@@ -250,6 +250,11 @@ def test_results_stage_completes_only_when_every_images_counts_are_in(host_confi
         tasks._update_job_progress(1, "results", progress_percentage=0.5, complete_state="SUCCESS")
     assert host["percentages"] == [0.75, 0.5]  # held at what is counted; never raised
 
+    # Acked before this write (the pre-fix order): no redelivery would come; do not hold.
+    with context.running(context.TaskRun(job_id=1, claims={"results": claim}, ack_attempted=True)):
+        tasks._update_job_progress(1, "results", 1.0, complete_state="SUCCESS", detections=1)
+    assert host["percentages"][-1] == 1.0
+
 
 def test_a_failed_progress_write_leaves_its_counts_to_add(host_config):
     def failing(job_id, stage, progress_percentage, complete_state, **state_params):

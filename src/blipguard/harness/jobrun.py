@@ -36,10 +36,7 @@ class JobOutcome:
     def consumer_at_cleanup(self) -> dict[str, int]:
         """The job consumer's counters as the host logged them just before deleting it
         (``Finalizing NATS consumer ... (num_ack_pending=0 num_redelivered=3 ...)``)."""
-        for line in self.log:
-            if "Finalizing NATS consumer" in line:
-                return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-        return {}
+        return consumer_stats(self.log)
 
     def log_contains(self, text: str) -> bool:
         return any(text in line for line in self.log)
@@ -51,6 +48,16 @@ class JobOutcome:
             f"redis keys left {len(self.redis_keys)}, stream {'intact' if self.stream_exists else 'gone'}, "
             f"{self.elapsed:.1f}s"
         )
+
+
+def consumer_stats(lines) -> dict[str, int]:
+    """The first ``Finalizing NATS consumer ... (delivered=...)`` line's counters. Later
+    results of a completed job fire the cleanup again and find no stream (``stats
+    unavailable``): those lines carry none."""
+    for line in lines:
+        if "Finalizing NATS consumer" in line and "delivered=" in line:
+            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    return {}
 
 
 def _stream_exists(job_id: int, unknown: bool | None = None) -> bool | None:

@@ -101,3 +101,19 @@ def start_async_job(job, ack_wait: float | None = None):
 
 def image_ids(job) -> list[int]:
     return list(job.source_image_collection.images.order_by("pk").values_list("pk", flat=True))
+
+
+def reserve_tasks(job_id: int, n: int) -> list:
+    """Take ``n`` of the job's NATS tasks, as a processing service does."""
+    from asgiref.sync import async_to_sync
+
+    from ami.ml.orchestration.nats_queue import TaskQueueManager
+
+    async def pull() -> list:
+        out: list = []
+        async with TaskQueueManager() as m:
+            while len(out) < n:
+                out += await m.reserve_tasks(job_id, count=min(100, n - len(out)), timeout=2)
+        return out
+
+    return async_to_sync(pull)()

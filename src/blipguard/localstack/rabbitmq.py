@@ -160,6 +160,22 @@ class RabbitMQServer(ManagedServer):
                 except Exception:  # noqa: BLE001 - channel already closed by NOT_FOUND
                     pass
 
+    def peek(self, queue: str, limit: int = 1000) -> list[dict]:
+        """Headers of the messages waiting in ``queue``, left in place (got without ack,
+        requeued when the channel closes)."""
+        with Connection(self.url, connect_timeout=5) as conn:
+            channel = conn.channel()
+            headers = []
+            try:
+                for _ in range(limit):
+                    message = channel.basic_get(queue, no_ack=False)
+                    if message is None:
+                        break
+                    headers.append(dict(message.headers or {}))
+            finally:
+                channel.close()
+            return headers
+
     def queue_depth(self, queue: str) -> int:
         """Ready messages in ``queue`` (0 if it does not exist)."""
         return self._declare_passive(queue)[0]

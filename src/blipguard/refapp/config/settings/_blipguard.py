@@ -15,6 +15,7 @@ def install(namespace: dict) -> None:
         socket_timeout=float(os.environ.get("BLIPGUARD_SOCKET_TIMEOUT", "2")),
         connect_timeout=float(os.environ.get("BLIPGUARD_CONNECT_TIMEOUT", "2")),
         retries=int(os.environ.get("BLIPGUARD_REDIS_RETRIES", "1")),
+        client_name=os.environ.get("BLIPGUARD_REDIS_CLIENT_NAME") or None,
     )
     namespace["BLIPGUARD"] = {
         "MAX_RETRIES": int(os.environ.get("BLIPGUARD_MAX_RETRIES", "6")),
