@@ -6,7 +6,7 @@ never become an importable top-level `operator`: the standard library owns that 
 
 from setuptools import find_packages, setup
 
-FOLDERS = {"blipguard.app_patch": "app_patch"}
+FOLDERS = {"blipguard.app_patch": "app_patch", "blipguard.operator": "operator"}
 
 packages = find_packages("src")
 package_dir = {"": "src"}

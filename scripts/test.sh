@@ -7,7 +7,7 @@
 #   .venv        --platform pre-fix : smoke, refapp
 # Every fault-path test also runs on the other release sets by hand, e.g.
 #   .venv-pinned/bin/python -m pytest --platform current -m chaos
-# Fast tier (pure logic, ~10 s): `.venv/bin/python -m pytest tests/app_patch`.
+# Fast tier (pure logic, ~10 s): `.venv/bin/python -m pytest tests/app_patch tests/guard`.
 # Arguments are passed to every pytest run. Exit code 5 (no tests collected for a
 # selection) does not fail the script; any other failure does, after the whole matrix ran.
 set -uo pipefail
