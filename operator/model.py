@@ -13,9 +13,11 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-# The workers refuse longer leases (app_patch/pause/leases.py MAX_LEASE): longer pauses
-# are renewed instead, so a crashed operator cannot leave the fleet paused for long.
-MAX_LEASE_SECONDS = 3600.0
+from blipguard.app_patch.pause.leases import MAX_LEASE
+
+# The workers refuse longer leases: longer pauses are renewed instead, so a crashed
+# operator cannot leave the fleet paused for long.
+MAX_LEASE_SECONDS = MAX_LEASE
 # A container stuck in one of these is trouble even while the pod still reports Ready
 # between two crashes.
 TROUBLE_WAITING_REASONS = frozenset({"CrashLoopBackOff"})
