@@ -6,7 +6,8 @@ never become an importable top-level `operator`: the standard library owns that 
 
 from setuptools import find_packages, setup
 
-FOLDERS = {"blipguard.app_patch": "app_patch", "blipguard.operator": "operator"}
+# operator/ holds no __init__.py: run from the repo root, it would shadow the stdlib module.
+FOLDERS = {"blipguard.app_patch": "app_patch", "blipguard.operator": "operator/blipguard_operator"}
 
 packages = find_packages("src")
 package_dir = {"": "src"}

@@ -437,3 +437,16 @@ def test_settings_accept_a_mode_name_and_bad_dependency_is_refused():
     assert GuardSettings(settle_seconds=0, drain_timeout_seconds=0).renew_after_seconds == 15
     with pytest.raises(ValueError, match=r"dependency must be one of \['redis', 'nats'\], got 'postgres'"):
         pod(0, dep="postgres")
+
+
+def test_the_operator_folder_never_shadows_the_standard_library():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    # -S: no site hooks (an editable install's finder) that would import the real one first.
+    out = subprocess.run([sys.executable, "-S", "-c", "import operator, collections; print(operator.__file__)"],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert not Path(out.stdout.strip()).is_relative_to(root), out.stdout
