@@ -86,6 +86,7 @@ class ProcessingService:
         self.tasks_received = 0
         self.results_posted = 0
         self.errors: list[str] = []
+        self.post_retries = 0  # result POSTs retried after a refused or reset connection
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True, name=f"sim-{i}") for i in range(threads)]
 
@@ -155,9 +156,29 @@ class ProcessingService:
         timer.start()
         return True
 
+    POST_ATTEMPTS = 3
+
     def _post_results(self, tasks: list[dict]) -> None:
+        """POST results as a processing service does, retrying a connection the server
+        refused or reset (its reserved tasks would otherwise wait out the whole ack_wait).
+        Runs in its own threads too (slow answers): every failure ends in ``errors``."""
         results = [{"reply_subject": t["reply_subject"], "result": self.result_for(t)} for t in tasks]
-        status, body = self._request(f"/api/v2/jobs/{self.job_id}/result/", {"results": results})
+        for attempt in range(1, self.POST_ATTEMPTS + 1):
+            try:
+                status, body = self._request(f"/api/v2/jobs/{self.job_id}/result/", {"results": results})
+                break
+            except (ConnectionRefusedError, ConnectionResetError) as e:
+                if attempt == self.POST_ATTEMPTS:
+                    with self._lock:
+                        self.errors.append(f"result POST failed {attempt} times: {e!r}")
+                    return
+                with self._lock:
+                    self.post_retries += 1
+                self.stop_event.wait(0.2 * attempt)
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                with self._lock:
+                    self.errors.append(f"result POST: {e!r}")
+                return
         with self._lock:
             if status == 200:
                 self.results_posted += body.get("results_queued", 0)

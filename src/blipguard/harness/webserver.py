@@ -7,6 +7,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of simulator threads plus the test's own
+    # requests overflowed it under load and the kernel reset connections.
+    request_queue_size = 128
 
 
 class _QuietHandler(WSGIRequestHandler):
