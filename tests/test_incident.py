@@ -9,6 +9,7 @@ import pytest
 
 from blipguard.harness.jobrun import run_job
 from blipguard.localstack import faults
+from blipguard.localstack.procs import wait_until
 
 pytestmark = pytest.mark.incident
 
@@ -88,12 +89,18 @@ def test_inflight_reset_kills_the_job(pre_only, stack, web, redis_direct, unpatc
     assert stack.redis_proxy.resets_fired - resets_before == 1, "one reset, as in production"
 
 
-def test_redis_restart_kills_the_job(pre_only, stack, web, redis_direct, unpatched_workers, queue_empty):
+def test_redis_restart_kills_the_job(pre_only, platform, stack, web, redis_direct, unpatched_workers, queue_empty):
+    def restart():
+        # Results must be waiting when Redis goes, so result tasks run into the outage
+        # (the processing service posts in batches; between two the queue can be empty).
+        wait_until(lambda: stack.rabbitmq.queue_depth(platform.result_queue) >= 5, 60, "results queued in RabbitMQ")
+        faults.redis_down_for(stack, 2.0).join()
+
     outcome = run_job(
         web.url,
         redis_direct,
         N_IMAGES,
-        fault=lambda: faults.redis_down_for(stack, 2.0).join(),
+        fault=restart,
         fault_at=0.3,
         settle=queue_empty,
     )
