@@ -286,14 +286,18 @@ def _advance_blip(state: GuardState, blip: Blip, settings: GuardSettings, now: f
     return replace(state, blip=blip), []
 
 
+def _resume_celery(state: GuardState, blip: Blip, now: float) -> tuple[list[Action], Drain | None]:
+    """A paused blip ends with Celery resumed and NATS held until the results drain."""
+    if not blip.paused:
+        return [], state.drain
+    return [ResumeCelery(blip.id)], Drain(blip.id, now)
+
+
 def _recover(state: GuardState, blip: Blip, now: float) -> Step:
     duration = now - blip.started_at
     message = f"recovered after {_secs(duration)} s"
-    actions: list[Action] = []
-    drain = state.drain
+    actions, drain = _resume_celery(state, blip, now)
     if blip.paused:
-        actions.append(ResumeCelery(blip.id))
-        drain = Drain(blip.id, now)
         renewals = _count(blip.renewals, "renewal")
         message += f" ({renewals}): Celery resumed, NATS resumes once the held results drain"
     elif blip.degraded:
@@ -309,11 +313,8 @@ def _recover(state: GuardState, blip: Blip, now: float) -> Step:
 
 def _degrade(state: GuardState, blip: Blip, settings: GuardSettings, now: float) -> Step:
     limit = f"degraded: blip longer than the max pause ({_secs(settings.max_pause_seconds)} s)"
-    actions: list[Action] = []
-    drain = state.drain
+    actions, drain = _resume_celery(state, blip, now)
     if blip.paused:
-        actions.append(ResumeCelery(blip.id))
-        drain = Drain(blip.id, now)
         message = f"{limit}; resuming anyway, no new pause until the pods recover; first trouble: {blip.reason}"
     else:
         message = f"{limit} (observe-only: nothing to resume); first trouble: {blip.reason}"
