@@ -20,11 +20,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-make_venv() {  # make_venv DIR [pip args...]
-    local dir=$1; shift
+make_venv() {  # make_venv DIR EXTRAS [pip args...]
+    local dir=$1 extras=$2; shift 2
     local stamp="$dir/.blipguard-stamp"
     local want
-    want=$(cat pyproject.toml setup.py constraints/*.txt | sha256sum | cut -c1-16)"$*"
+    want=$(cat pyproject.toml setup.py constraints/*.txt | sha256sum | cut -c1-16)"$extras $*"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return
     fi
@@ -32,7 +32,7 @@ make_venv() {  # make_venv DIR [pip args...]
     [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
     local log="$dir/setup.log"
     if ! { "$dir/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel &&
-           "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]" "$@"; } >"$log" 2>&1; then
+           "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" "$@"; } >"$log" 2>&1; then
         cat "$log" >&2
         echo "setup: pip failed for $dir (log above, also in $log)" >&2
         exit 1
@@ -40,7 +40,8 @@ make_venv() {  # make_venv DIR [pip args...]
     echo "$want" >"$stamp"
 }
 
-make_venv "$ROOT/.venv"
-make_venv "$ROOT/.venv-pinned" -c "$ROOT/constraints/pinned.txt"
-make_venv "$ROOT/.venv-pre" -c "$ROOT/constraints/pre-fix.txt"
+# The operator runs from .venv only: the platform's release sets need not carry kopf.
+make_venv "$ROOT/.venv" dev,operator
+make_venv "$ROOT/.venv-pinned" dev -c "$ROOT/constraints/pinned.txt"
+make_venv "$ROOT/.venv-pre" dev -c "$ROOT/constraints/pre-fix.txt"
 bash scripts/setup_kube.sh

@@ -50,6 +50,8 @@ def assert_nothing_lost(outcome, n: int = N_IMAGES, exact_counters: bool = True,
         assert outcome.detections >= outcome.expected_detections
     if exact_counters:
         assert outcome.detections_counter == outcome.expected_detections, "progress counters must be exact"
+    else:  # counts can be missed (the known limit below), never doubled
+        assert outcome.detections_counter <= outcome.expected_detections
     assert outcome.redis_keys == [] and not outcome.stream_exists, "cleanup after completion"
     assert not outcome.stream_lost_while_running, "the NATS stream must stay until the job completes"
     assert not said(outcome, "marked as FAILURE")
@@ -103,7 +105,11 @@ def test_inflight_reset_is_survived(stack, web, redis_direct, platform, patched,
 def test_redis_restart_is_survived(stack, web, redis_direct, platform, patched, downtime):
     workers = patched("no_client_retries")
     outcome = run(stack, web, redis_direct, platform, lambda: faults.redis_down_for(stack, downtime).join(), workers)
-    assert_nothing_lost(outcome)
+    # Redis can apply a results-stage claim and shut down before its reply is sent. The
+    # current platform's stage waits for that result's retry; the pre-fix one acks first,
+    # so its stage can complete without those counts (README, "Known limits"; seen in CI
+    # once: 597 of 600 detections counted, every row stored).
+    assert_nothing_lost(outcome, exact_counters=not platform.is_pre)
     assert_carried_by(outcome, "no_client_retries", platform)
 
 

@@ -5,6 +5,8 @@ app's bug is fixed. HEAD (``--platform current``), unpatched: the fault-free job
 succeeds and HEAD's own autoretry carries an in-flight reset.
 """
 
+import time
+
 import pytest
 
 from blipguard.harness.jobrun import run_job
@@ -90,11 +92,24 @@ def test_inflight_reset_kills_the_job(pre_only, stack, web, redis_direct, unpatc
 
 
 def test_redis_restart_kills_the_job(pre_only, platform, stack, web, redis_direct, unpatched_workers, queue_empty):
-    def restart():
-        # Results must be waiting when Redis goes, so result tasks run into the outage
-        # (the processing service posts in batches; between two the queue can be empty).
-        wait_until(lambda: stack.rabbitmq.queue_depth(platform.result_queue) >= 5, 60, "results queued in RabbitMQ")
-        faults.redis_down_for(stack, 2.0).join()
+    def restart(service):
+        # As in production, the processing service keeps posting while Redis is down. Redis
+        # stays down at least 2 s, and until a result posted meanwhile has been taken off
+        # RabbitMQ by a worker, or the job ended: a result task has then run into the outage
+        # (between two batches none may run, and the pre-fix workers keep up with the posts).
+        posted = service.results_posted
+        stack.redis.stop()
+        down_at = time.monotonic()
+        try:
+            wait_until(
+                lambda: service.done
+                or (service.results_posted > posted and stack.rabbitmq.outstanding(platform.result_queue) == 0),
+                60,
+                "a result posted during the outage to be taken by a worker",
+            )
+            time.sleep(max(0.0, 2.0 - (time.monotonic() - down_at)))  # the outage's minimum length
+        finally:
+            stack.redis.start()
 
     outcome = run_job(
         web.url,

@@ -155,7 +155,11 @@ class Controller:
             "ok": True,
             "paused": self.leases.paused(now),
             "leases": [lease.as_dict(now) for lease in self.leases.active(now)],
-            "consuming": sorted(set(self.queues) - self.cancelled),
+            # What kombu really consumes, not what this controller meant to: a worker that
+            # lost its consumer after a broker reconnect (celery#8030) shows up here.
+            "consuming": sorted(q for q in self.queues if _consuming_from(consumer, q)),
+            "held": sorted(self.cancelled),
+            "queues": sorted(self.queues),
         }
 
     def adopt(self, consumer, peer_leases: list[dict]) -> None:
@@ -258,6 +262,16 @@ def register() -> None:
 
     signals.celeryd_after_setup.connect(_hold_result_queues, weak=False)
     signals.worker_ready.connect(_catch_up, weak=False)
+
+
+def _consuming_from(consumer, queue: str) -> bool:
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if task_consumer is None:
+        return False
+    try:
+        return bool(task_consumer.consuming_from(queue))
+    except Exception:  # noqa: BLE001 - a consumer torn down mid-reconnect consumes nothing
+        return False
 
 
 def _hold_result_queues(sender=None, instance=None, **kwargs) -> None:

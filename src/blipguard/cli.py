@@ -5,7 +5,8 @@ import sys
 USAGE = """usage: blipguard <command> [options]
 
 commands:
-  demo     run a job through a Redis blip on the pre-fix and the patched reference app
+  demo      run a job through a Redis blip on the pre-fix and the patched reference app
+  operator  run the Kubernetes operator (`blipguard operator run --help`)
 """
 
 
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         from blipguard.demo import main as demo_main
 
         return demo_main(rest)
+    if command == "operator":
+        from blipguard.operator.cli import main as operator_main
+
+        return operator_main(rest)
     print(f"blipguard: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -1,5 +1,6 @@
 """Run one async job of the reference app end to end and report what a user would see."""
 
+import inspect
 import re
 import time
 from collections.abc import Callable
@@ -137,6 +138,10 @@ def collect(job_id: int, redis_client, image_ids, error_ids=(), elapsed: float =
     )
 
 
+def _takes_service(fault: Callable) -> bool:
+    return len(inspect.signature(fault).parameters) == 1
+
+
 def run_job(
     base_url: str,
     redis_client,
@@ -154,7 +159,8 @@ def run_job(
     ack_wait: float | None = None,
 ) -> JobOutcome:
     """Start a job, let a simulated processing service work it, fire `fault` once when
-    the `process` stage passes `fault_at`, and wait for the job's final state.
+    the `process` stage passes `fault_at`, and wait for the job's final state. A `fault`
+    taking one argument is given the `ProcessingService`, to time itself on its traffic.
 
     `settle`, if given, is waited on after the final state (e.g. "the result queue is
     empty") so late tasks have run before the outcome is read. An exception raised by
@@ -193,7 +199,8 @@ def run_job(
             processed = processed_now(progress)
             if processed >= fault_at * n_images:
                 fired["at"] = processed / n_images  # what was observed, not what was asked
-                fault_thread = BackgroundThread(fault, name="fault")
+                call = (lambda: fault(sim)) if _takes_service(fault) else fault
+                fault_thread = BackgroundThread(call, name="fault")
                 fault_thread.start()
         return status in FINAL_STATES
 

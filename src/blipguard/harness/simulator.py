@@ -185,6 +185,11 @@ class ProcessingService:
             else:
                 self.errors.append(f"result POST {status}: {body}")
 
+    @property
+    def done(self) -> bool:
+        """Every polling thread has returned: the job ended (or the service was stopped)."""
+        return not any(t.is_alive() for t in self._threads)
+
     def __enter__(self) -> "ProcessingService":
         for t in self._threads:
             t.start()

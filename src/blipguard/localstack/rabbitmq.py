@@ -180,6 +180,16 @@ class RabbitMQServer(ManagedServer):
         """Ready messages in ``queue`` (0 if it does not exist)."""
         return self._declare_passive(queue)[0]
 
+    def outstanding(self, queue: str) -> int:
+        """Messages in ``queue`` not yet taken off it for good: ready ones plus those a
+        consumer holds unacknowledged (prefetched, or running under late acks)."""
+        for line in self.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged",
+                             "--no-table-headers").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == queue:
+                return int(parts[1]) + int(parts[2])
+        return 0
+
     def consumer_count(self, queue: str) -> int:
         """Consumers on ``queue`` (0 if it does not exist)."""
         return self._declare_passive(queue)[1]

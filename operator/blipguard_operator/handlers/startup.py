@@ -1,0 +1,37 @@
+"""Operator-wide settings and the login shared with our own API calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from .. import kubeapi
+
+FINALIZER = "blipguard.io/guard-daemon"
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # A restarted or unreachable API server is noticed within seconds, not minutes; a
+    # quiet watch is renewed by the server's own timeout, so silence is never "dead".
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.watching.connect_timeout = 5
+    settings.watching.reconnect_backoff = 1.0
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.INFO
+    settings.networking.request_timeout = 15
+
+
+def login(**kwargs: Any) -> Any:
+    """The ServiceAccount in a pod, else the kubeconfig (``KUBECONFIG`` or ~/.kube/config)."""
+    info = None
+    if os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token") and not os.environ.get("KUBECONFIG"):
+        info = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        info = kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials: no ServiceAccount token and no kubeconfig")
+    return kubeapi.remember(info)

@@ -1,0 +1,95 @@
+"""The guard's ``status``, built from the machine's state (pure: no client, no clock)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from .blip import GuardState
+from .model import Phase
+
+
+def rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Observations:
+    """What the I/O side learned that the machine does not track."""
+
+    spec_error: str | None = None
+    broker_error: str | None = None  # the pause channel failed (unreachable broker, bad secret)
+    unprotectable: str | None = None  # the pause channel runs through a guarded dependency
+    workers_confirmed: int | None = None  # answered the last pause/renew
+    not_consuming: list[str] = field(default_factory=list)  # "worker: queue, ..." after a resume
+    force_resume_handled: str | None = None  # the last force-resume annotation value acted on
+    transitions: dict[str, str] = field(default_factory=dict)  # condition type -> since
+
+
+def _condition(obs: Observations, now: float, ctype: str, ok: bool, reason: str, message: str) -> dict:
+    status = "True" if ok else "False"
+    key = f"{ctype}={status}"
+    since = obs.transitions.get(key)
+    if since is None:  # a new status for this type: it transitions now
+        for k in [k for k in obs.transitions if k.startswith(ctype + "=")]:
+            del obs.transitions[k]
+        since = obs.transitions[key] = rfc3339(now)
+    return {"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
+
+
+def build(state: GuardState, obs: Observations, now: float, generation: int | None) -> dict:
+    phase = state.phase
+    blip = state.blip
+    c = state.counters
+    conditions = []
+    if obs.spec_error:
+        conditions.append(_condition(obs, now, "SpecValid", False, "InvalidSpec", obs.spec_error))
+    else:
+        conditions.append(_condition(obs, now, "SpecValid", True, "Valid", "the spec is valid"))
+    if phase is Phase.PAUSED:
+        why = blip.reason if blip is not None and blip.paused else "the results held back are draining"
+        conditions.append(_condition(obs, now, "Paused", True, "Blip", f"result consumers paused: {why}"))
+    else:
+        conditions.append(_condition(obs, now, "Paused", False, "NoBlip" if blip is None else "NotPausing",
+                                     "result consumers not paused by this guard"))
+    if phase is Phase.DEGRADED:
+        conditions.append(_condition(obs, now, "Degraded", True, "MaxPauseReached",
+                                     f"blip outlasted the maximum pause; resumed anyway: {blip.reason}"))
+    else:
+        conditions.append(_condition(obs, now, "Degraded", False, "WithinLimits", "not degraded"))
+    if obs.not_consuming:
+        conditions.append(_condition(obs, now, "Consuming", False, "WorkersNotConsuming",
+                                     "after the resume these workers do not consume their result queue: "
+                                     + "; ".join(obs.not_consuming)))
+    else:
+        conditions.append(_condition(obs, now, "Consuming", True, "AllConsuming",
+                                     "every worker that answered consumes its result queues"))
+    if obs.unprotectable:
+        conditions.append(_condition(obs, now, "Protectable", False, "PauseChannelThroughDependency",
+                                     obs.unprotectable))
+    else:
+        conditions.append(_condition(obs, now, "Protectable", True, "SeparateChannel",
+                                     "the pause channel does not run through a guarded dependency"))
+    problem = obs.spec_error or obs.broker_error
+    conditions.append(_condition(obs, now, "Ready", problem is None, "Error" if problem else "Watching",
+                                 problem or f"guard is {phase}"))
+    return {
+        "phase": str(phase),
+        "observedGeneration": generation,
+        "blip": None if blip is None else {
+            "id": blip.id,
+            "dependency": str(blip.dependency),
+            "reason": blip.reason,
+            "since": rfc3339(blip.started_at),
+        },
+        "counters": {
+            "blips": c.blips_seen,
+            "pauses": c.pauses,
+            "renewals": c.renewals,
+            "degraded": c.degraded,
+        },
+        "lastBlipSeconds": None if c.last_blip_seconds is None else round(c.last_blip_seconds, 3),
+        "workersConfirmed": obs.workers_confirmed,
+        "forceResumeHandled": obs.force_resume_handled,
+        "conditions": conditions,
+    }
