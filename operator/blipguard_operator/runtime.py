@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 TICK = 0.25  # seconds between ticks while nothing happens
 CONSUMING_WAIT = 5.0  # a resumed worker re-subscribes asynchronously: give it this long
+CONSUMING_RECHECK = 2.0  # then look again: consuming at first and dropped soon after is catatonic
 
 Emit = Callable[[str, str, str], None]  # (type Normal/Warning, reason, message)
 
@@ -219,21 +220,17 @@ class GuardRuntime:
             self.emit("Warning", "NatsResumeFailed", f"[{blip_id}] {'; '.join(errors[:5])}")
 
     async def _check_consuming(self, blip_id: str) -> None:
+        """Every worker consumes its result queues again, and still does a moment later: a
+        worker that re-subscribes and then drops its consumer is the catatonic kind."""
         if self.celery is None:
             return
-        deadline = time.monotonic() + CONSUMING_WAIT
-        missing: list[str] = []
-        while True:
-            try:
-                replies = await self.celery.status()
-            except Exception as e:  # noqa: BLE001
-                self._broadcast("status", False)
-                self.emit("Warning", "StatusFailed", f"[{blip_id}] cannot ask the workers: {e}")
-                return
-            missing = not_consuming(replies, self.spec.pause.result_queues)
-            if not missing or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.25)
+        missing = await self._missing_consumers(until_all=True)
+        if missing is not None and not missing:
+            await asyncio.sleep(CONSUMING_RECHECK)
+            missing = await self._missing_consumers(until_all=False)
+        if missing is None:
+            self._broadcast("status", False)
+            return
         self._broadcast("status", True)
         self.obs.not_consuming = missing
         metrics.WORKERS_NOT_CONSUMING.labels(**self._labels).set(len(missing))
@@ -241,6 +238,19 @@ class GuardRuntime:
             self.emit("Warning", "WorkersNotConsuming",
                       f"[{blip_id}] after the resume these workers do not consume their result queue "
                       f"(restart them): {'; '.join(missing)}")
+
+    async def _missing_consumers(self, until_all: bool) -> list[str] | None:
+        deadline = time.monotonic() + CONSUMING_WAIT
+        while True:
+            try:
+                replies = await self.celery.status()
+            except Exception as e:  # noqa: BLE001
+                self.emit("Warning", "StatusFailed", f"cannot ask the workers whether they consume: {e}")
+                return None
+            missing = not_consuming(replies, self.spec.pause.result_queues)
+            if not until_all or not missing or time.monotonic() >= deadline:
+                return missing
+            await asyncio.sleep(0.25)
 
     # -- status --------------------------------------------------------------------
     async def write_status(self, force: bool = False) -> None:

@@ -54,10 +54,9 @@ async def run(name: str, namespace: str, body: Any, spec: Any, meta: Any, status
                 parsed, error = _parse(spec, namespace)
                 if error:
                     emit("Warning", "InvalidSpec", error)
-                first = runtime.spec is None and parsed is not None
                 await runtime.configure(parsed, error, generation)
                 seen_generation = generation
-                if first:
+                if parsed is not None:  # what exists now, for new selectors or a mode change
                     for pod in _pods(pods_by_namespace, parsed):
                         runtime.observe(pod)
             force = (meta.get("annotations") or {}).get(crd.FORCE_RESUME_ANNOTATION)

@@ -23,6 +23,7 @@ The pods' ``podIP``/``hostIP`` is 127.0.0.1 and their container port the real on
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import secrets
@@ -378,6 +379,13 @@ class PodMirror:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Hold the kubelet's view: what happens meanwhile is seen in one sync afterwards,
+        as when a blip falls between two probe periods (a restart, readiness never lost)."""
+        with self._lock:
+            yield
 
     def replace_pod(self, name: str, restart_server: bool = False) -> str:
         """Delete the Pod at once (grace period 0) and create it again under the same
