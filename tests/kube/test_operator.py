@@ -12,7 +12,7 @@ from blipguard.app_patch.pause import client as fleet
 from blipguard.localstack.guard_operator import OperatorProcess
 from blipguard.localstack.podmirror import PodMirror
 from blipguard.localstack.procs import wait_until
-from blipguard.operator import crd
+from blipguard.operator import crd, rbac
 from blipguard.operator.kube_setup import install_crd
 
 pytestmark = [pytest.mark.operator, pytest.mark.kube]
@@ -62,9 +62,23 @@ def broker_secret(kube, namespace, stack):
     return "celery-broker"
 
 
+OPERATOR_SA = "blipguard-operator"
+USERS: list[str] = []  # the operator's ServiceAccounts over this module, for the audit check
+
+
+def operator_kubeconfig(kube, namespace, tmp_path):
+    """A kubeconfig for a ServiceAccount bound to exactly ``rbac.role`` (never admin)."""
+    kube.ensure_service_account(namespace, OPERATOR_SA)
+    kube.client.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", rbac.role(namespace))
+    kube.client.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+                       rbac.role_binding(namespace, OPERATOR_SA))
+    USERS.append(f"system:serviceaccount:{namespace}:{OPERATOR_SA}")
+    return kube.token_kubeconfig(kube.service_account_token(namespace, OPERATOR_SA), tmp_path / "operator.kubeconfig")
+
+
 @pytest.fixture
 def operator(kube, namespace, crd_installed, tmp_path):
-    op = OperatorProcess(kube.kubeconfig, [namespace], tmp_path / "operator")
+    op = OperatorProcess(operator_kubeconfig(kube, namespace, tmp_path), [namespace], tmp_path / "operator")
     try:
         yield op.start()
     finally:
@@ -350,3 +364,53 @@ def test_bad_setups_show_in_status_and_other_guards_keep_working(
         stack.redis.start()
     wait_until(phase_is(kube, namespace, "watching"), 30, "the good guard to recover")
     assert operator.proc.poll() is None, "the operator must not crash on bad guards"
+
+
+def test_no_blip_is_missed_after_the_api_server_restarted(
+        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
+    make_guard(kube, namespace, platform.result_queue)
+    wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
+    kube.apiserver.restart(downtime=3.0)
+    stack.redis.stop()
+    try:
+        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 60,
+                   "every worker paused for a blip after the API server came back")
+    finally:
+        stack.redis.start()
+    wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
+    assert guard_status(kube, namespace)["counters"]["blips"] == 1
+    assert operator.proc.poll() is None
+
+
+def test_the_role_is_exactly_what_the_operator_used(
+        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
+    """Over every operator run of this module (this test last, and alone it runs a blip
+    itself): the verbs and resources in the audit log equal the Role, both ways."""
+    make_guard(kube, namespace, platform.result_queue)
+    wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
+    stack.redis.stop()
+    try:
+        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
+    finally:
+        stack.redis.start()
+    wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
+    kube.client.delete(guard_path(namespace, "fleet"))  # the finalizer's release is a verb too
+    wait_until(lambda: not kube.client.get(guard_path(namespace)).get("items"), 30, "the guard to go")
+
+    events = kube.audit_events()
+    used = set().union(*(rbac.used(events, user) for user in USERS))
+    # Refusals of what the Role grants happen while a restarted API server's authorizer
+    # warms up; a refusal of anything else is the operator reaching outside its Role.
+    refused = set().union(*(rbac.used(events, user, forbidden=True) for user in USERS))
+    assert refused - rbac.granted() == set(), "tried outside the Role"
+    assert used - rbac.granted() == set(), "used but not in the Role"
+    assert rbac.granted() - used == set(), "in the Role but never used"
+
+    # And a verb outside the Role is refused by the server.
+    token_client = kube.token_client(kube.service_account_token(namespace, OPERATOR_SA))
+    with pytest.raises(Exception) as refused:
+        token_client.delete(f"/api/v1/namespaces/{namespace}/pods/{stack_mirror.redis_pod}")
+    assert getattr(refused.value, "status", None) == 403
+    with pytest.raises(Exception) as refused:
+        token_client.get("/api/v1/namespaces/kube-system/secrets")
+    assert getattr(refused.value, "status", None) == 403

@@ -20,6 +20,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 5
     settings.watching.reconnect_backoff = 1.0
+    # Explicit namespaces only, no cluster-wide Namespace/CRD watches: least privilege
+    # (rbac.py). The CRD must exist before the operator starts (the chart's crds/).
+    settings.scanning.disabled = True
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.networking.request_timeout = 15

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import http.client
 import secrets
 import shutil
 import socket
@@ -169,6 +170,7 @@ class PodMirror:
         self.node_name = node_name
         self.pods: dict[str, MirroredPod] = {}
         self.patches = 0
+        self.api_errors = 0  # status updates that failed on an unreachable API server, retried
         self.error: BaseException | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -415,8 +417,15 @@ class PodMirror:
                     self._observe(pod, c)
                 status = self._status(pod)
                 if status != pod.last_status:
-                    self.client.patch(self._ns_path("v1", "pods", f"{pod.name}/status"),
-                                      {"status": status})
+                    try:
+                        self.client.patch(self._ns_path("v1", "pods", f"{pod.name}/status"),
+                                          {"status": status})
+                    except (OSError, http.client.HTTPException, KubeAPIError) as exc:
+                        # An API server restarting: a kubelet retries its status update.
+                        if isinstance(exc, KubeAPIError) and exc.status < 500:
+                            raise
+                        self.api_errors += 1
+                        continue
                     pod.last_status = status
                     self.patches += 1
 
