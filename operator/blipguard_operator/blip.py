@@ -112,6 +112,7 @@ class Counters:
     pauses: int = 0
     renewals: int = 0
     degraded: int = 0
+    forced_resumes: int = 0  # on-call's force-resumes that resumed something
     last_blip_seconds: float | None = None  # first trouble to the end of the settle wait
 
 
@@ -352,6 +353,8 @@ def _force_resume(state: GuardState, by: str) -> Step:
     state, actions, resumed = _resume_now(state)
     if state.blip is not None:
         state = replace(state, blip=replace(state.blip, forced=True))
+    if resumed:
+        state = replace(state, counters=replace(state.counters, forced_resumes=state.counters.forced_resumes + 1))
     done = "resumed at once" if resumed else "nothing paused"
     report = Report(resumed or current, ReportReason.FORCE_RESUMED, f"force resume by {by}: {done}")
     return state, actions + [report]

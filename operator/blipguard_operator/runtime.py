@@ -273,8 +273,8 @@ class GuardRuntime:
         metrics.forget(self.namespace, self.name)
 
 
-def pod_observed(pod: dict, dependency: Dependency, deleted: bool) -> PodObserved:
-    """A pod as the machine sees it (pure)."""
+def pod_observed(pod: dict, dependency: Dependency, deleted: bool, now: float | None = None) -> PodObserved:
+    """A pod as the machine sees it, stamped ``now`` (default: the wall clock)."""
     from .model import ContainerStatus
 
     meta = pod.get("metadata") or {}
@@ -289,10 +289,10 @@ def pod_observed(pod: dict, dependency: Dependency, deleted: bool) -> PodObserve
         for c in status.get("containerStatuses") or []
     )
     return PodObserved(
-        now=time.time(),
+        now=time.time() if now is None else now,
         dependency=dependency,
-        name=meta.get("name", ""),
-        uid=meta.get("uid", ""),
+        name=meta.get("name") or "",
+        uid=meta.get("uid") or "",
         ready=conditions.get("Ready") == "True" and not deleted,
         containers=containers,
         deleted=deleted,

@@ -87,6 +87,7 @@ def build(state: GuardState, obs: Observations, now: float, generation: int | No
             "pauses": c.pauses,
             "renewals": c.renewals,
             "degraded": c.degraded,
+            "forcedResumes": c.forced_resumes,
         },
         "lastBlipSeconds": None if c.last_blip_seconds is None else round(c.last_blip_seconds, 3),
         "workersConfirmed": obs.workers_confirmed,

@@ -342,6 +342,7 @@ def test_force_resume_resumes_at_once_and_ends_pausing_for_that_blip():
     assert actions[2:] == [ResumeCelery("redis-10000"), ResumeNats("redis-10000"), CheckConsuming("redis-10000"),
                            Report("redis-10000", R.FORCE_RESUMED, "force resume by alice: resumed at once")]
     assert state.phase is Phase.WATCHING
+    assert state.counters.forced_resumes == 1
     # trouble goes on: no pause, no renewal, no degraded
     state, actions = run([pod(20, restarts=1, ready=False), *ticks(21, 700)], state=state)
     assert actions == []
@@ -353,8 +354,9 @@ def test_force_resume_resumes_at_once_and_ends_pausing_for_that_blip():
 
 
 def test_force_resume_with_nothing_paused_only_reports():
-    _, actions = run([pod(0), ForceResume(5)])
+    state, actions = run([pod(0), ForceResume(5)])
     assert actions == [Report(None, R.FORCE_RESUMED, "force resume by on-call: nothing paused")]
+    assert state.counters.forced_resumes == 0
 
 
 def test_force_resume_during_the_drain_resumes_nats_now():

@@ -17,6 +17,8 @@ from blipguard.operator.kube_setup import install_crd
 
 pytestmark = [pytest.mark.operator, pytest.mark.kube]
 
+# The end-to-end job tests also run on the pre-fix platform (scripts/test.sh).
+
 WORKERS = 2
 SETTLE = 2.0
 
@@ -301,6 +303,7 @@ def test_a_forced_resume_resumes_at_once_and_is_recorded(
         assert len(forced) == 1 and "oncall-1" in forced[0] and "resumed at once" in forced[0]
         wait_until(lambda: guard_status(kube, namespace).get("forceResumeHandled") == "oncall-1", 10,
                    "status to record the handled request")
+        assert guard_status(kube, namespace)["counters"]["forcedResumes"] == 1
     finally:
         stack.redis.start()
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
@@ -380,6 +383,63 @@ def test_no_blip_is_missed_after_the_api_server_restarted(
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
     assert guard_status(kube, namespace)["counters"]["blips"] == 1
     assert operator.proc.poll() is None
+
+
+JOB_IMAGES = 840  # the incident's job
+OUTAGE = 120.0
+
+
+def _job_through_an_outage(kube, namespace, stack, web, redis_direct, platform, pause_nats: bool):
+    from blipguard.harness.jobrun import run_job
+    from blipguard.localstack import faults
+
+    make_guard(kube, namespace, platform.result_queue, leaseSeconds=30, maxPauseSeconds=600,
+               drainTimeoutSeconds=30)
+    if pause_nats:
+        patch_guard(kube, namespace, {"spec": {"pause": {"nats": {"url": stack.nats.url}}}})
+    wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
+    queue = platform.result_queue
+    outcome = run_job(web.url, redis_direct, JOB_IMAGES, fault=lambda: faults.redis_down_for(stack, OUTAGE).join(),
+                      fault_at=0.3, settle=lambda: stack.rabbitmq.queue_depth(queue) == 0, timeout=OUTAGE + 400)
+    print(outcome.summary(), outcome.consumer_at_cleanup())
+    return outcome
+
+
+@pytest.mark.operator_job
+def test_an_840_image_job_survives_a_120s_redis_outage_with_no_redelivery(
+        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform, web, redis_direct):
+    outcome = _job_through_an_outage(kube, namespace, stack, web, redis_direct, platform, pause_nats=True)
+    assert outcome.status == "SUCCESS", outcome.log[-5:]
+    assert (outcome.processed, outcome.failed, outcome.results_processed) == (JOB_IMAGES, 0, JOB_IMAGES)
+    assert outcome.detections == outcome.expected_detections == outcome.detections_counter
+    assert outcome.duplicate_detections == 0
+    assert outcome.consumer_at_cleanup().get("num_redelivered") == 0, outcome.consumer_at_cleanup()
+    assert not outcome.log_contains("Retries exhausted") and not outcome.log_contains("marked as FAILURE")
+    status = guard_status(kube, namespace)
+    assert status["counters"]["blips"] == 1 and status["counters"]["renewals"] >= 3
+    started = wait_event(kube, namespace, "BlipStarted")[0]
+    blip_id = started.split("]")[0].lstrip("[")
+    nats_paused = wait_event(kube, namespace, "NatsPaused")
+    assert f"job_{outcome.job_id}/job-{outcome.job_id}-consumer" in " ".join(nats_paused)
+    wait_event(kube, namespace, "NatsResumed")
+    held = [line for line in outcome.log if "Result held back" in line]
+    assert all(blip_id in line for line in held), held[:3]
+
+
+@pytest.mark.operator_job
+def test_without_the_nats_pause_the_held_results_are_redelivered(
+        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform, web, redis_direct):
+    """The control run: Celery paused, NATS not. Tasks handed out before and during the
+    outage outlive ack_wait while their results wait in RabbitMQ, and NATS hands them out
+    again. Pre-fix ack_wait is 30 s; the current platform's 300 s outlasts this outage."""
+    outcome = _job_through_an_outage(kube, namespace, stack, web, redis_direct, platform, pause_nats=False)
+    assert outcome.status == "SUCCESS", outcome.log[-5:]
+    assert (outcome.processed, outcome.failed) == (JOB_IMAGES, 0)
+    redelivered = outcome.consumer_at_cleanup().get("num_redelivered")
+    if platform.is_pre:
+        assert redelivered > 0, outcome.consumer_at_cleanup()
+    else:
+        assert redelivered == 0, outcome.consumer_at_cleanup()
 
 
 def test_the_role_is_exactly_what_the_operator_used(
