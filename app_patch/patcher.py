@@ -20,7 +20,7 @@ import inspect
 import logging
 from dataclasses import dataclass, field, replace
 
-from . import context, result_task, state
+from . import context, reaper, result_task, state
 from .ack import make_acknowledge_task, wrap_ack_helper
 from .config import Config, from_django
 from .host import Host, set_host
@@ -231,6 +231,12 @@ def install(config: Config | None = None) -> InstallReport:
         (tasks, progress_name, lambda o: _wrap_update_progress(o, host), f"{t['TASKS_MODULE']}.{progress_name}"),
         (task, "run", lambda o: result_task.wrap_run(task, o, host), f"{t['RESULT_TASK']}.run"),
     ]
+    job_model = host.target("JOB_MODEL")
+    for name in reaper.REAPERS:
+        original = getattr(tasks, name, None)
+        if original is not None and reaper.applies(original):
+            plan.append((tasks, name, lambda o: reaper.wrap(o, lambda: getattr(job_model, "STALLED_JOBS_MAX_MINUTES", 10)),
+                         f"{t['TASKS_MODULE']}.{name}"))
     originals = []
     for owner, name, make, label in plan:
         original = getattr(owner, name)

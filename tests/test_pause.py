@@ -2,6 +2,7 @@
 platform version this pytest process runs."""
 
 import asyncio
+import datetime
 import json
 import threading
 import time
@@ -330,3 +331,46 @@ def test_nats_consumer_pause_holds_deliveries_and_expires(stack):
         await nc.close()
 
     asyncio.run(scenario())
+
+
+@pytest.fixture
+def reaper_worker(stack, platform, workers, tmp_path):
+    """One more patched worker, on the queue the beat's jobs_health_check goes to."""
+    from blipguard.harness.django_env import app_env
+    from blipguard.localstack import CeleryWorkers
+
+    w = CeleryWorkers("config", "antenna", app_env(stack.env(), platform.patched_settings), tmp_path / "reaper")
+    w.start(count=1, concurrency=1)
+    try:
+        w.wait_ready(60)
+        yield w
+    finally:
+        w.stop()
+
+
+def test_the_reapers_leave_a_paused_job_alone(stack, platform, app, workers, reaper_worker):
+    """The current platform reaps running jobs not updated for 10 min (pending images marked
+    failed, the job completed with them). A pause writes nothing to a job: at 600 s paused,
+    the reaper would fail every held image. Deferred while paused; reaped when really stale."""
+    if platform.is_pre:
+        pytest.skip("the pre-fix reaper's cutoff is 72 h")
+    from ami.jobs.models import Job
+
+    job, ids = start_job(10)
+    eleven_minutes_ago = Job.objects.get(pk=job.pk).updated_at - datetime.timedelta(minutes=11)
+    Job.objects.filter(pk=job.pk).update(updated_at=eleven_minutes_ago)  # as after an 11-min pause
+    everyone = WORKERS + 1
+    reply = fleet.pause(app, lease=60, reason="blip redis-1: test", expect=everyone)
+    assert len(reply.confirmed) == everyone, reply.replies
+    try:
+        report = app.send_task("ami.jobs.tasks.jobs_health_check", queue="antenna").get(timeout=60)
+        assert report == {"lost_images": [], "stale_jobs": []}
+        assert job_status(job.pk) not in ("SUCCESS", "FAILURE", "REVOKED")
+        log = reaper_worker.logs(reaper_worker.hostnames[0])
+        assert "mark_lost_images_failed deferred: result consumers are paused (redis: blip redis-1: test)" in log
+    finally:
+        fleet.resume(app, expect=everyone)
+    # Not paused, and stale for real: the reapers act as the platform means them to.
+    report = app.send_task("ami.jobs.tasks.jobs_health_check", queue="antenna").get(timeout=60)
+    assert [r["job_id"] for r in report["lost_images"]] == [job.pk], report
+    assert job_status(job.pk) == "FAILURE"  # every image failed: what a long pause would do to a held job

@@ -184,6 +184,14 @@ def current() -> Board | None:
     return _board
 
 
+def pause_span() -> dict:
+    """This worker's pause in force since when (or None), and its last pause (since, ended)."""
+    data = _board.read() if _board is not None else {}
+    span = data.get("pause_span") or {}
+    last = span.get("last")
+    return {"paused_since": span.get("since"), "last": tuple(last) if last else None}
+
+
 def paused_for(now: float | None = None) -> dict | None:
     """The active pause this process should obey, or None. Wall-clock leases."""
     if _board is None:

@@ -39,10 +39,19 @@ class Controller:
         self.breaker_holds: dict[str, tuple[float, str]] = {}  # dependency -> (lease s, reason) until the probe answers
         self.probe = probe
         self._expiry_scheduled_for = 0.0
+        self.paused_since: float | None = None  # for the reapers (app_patch.reaper)
+        self.last_pause: tuple[float, float] | None = None
 
     # -- helpers ---------------------------------------------------------------
     def _publish(self, consumer, reset_failures: tuple[str, ...] = ()) -> None:
-        view = self.leases.board_view(time.time())
+        now = time.time()
+        view = self.leases.board_view(now)
+        if view["leases"] and self.paused_since is None:
+            self.paused_since = now
+        elif not view["leases"] and self.paused_since is not None:
+            self.last_pause = (self.paused_since, now)
+            self.paused_since = None
+        view["pause_span"] = {"since": self.paused_since, "last": self.last_pause}
 
         def publish(data: dict) -> dict:
             failures = {k: v for k, v in data.get("failures", {}).items() if k not in reset_failures}
