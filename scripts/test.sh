@@ -4,7 +4,7 @@
 #   .venv-pre    --platform pre-fix : incident, chaos, checks, pause (not outage), refapp
 #   .venv-pinned --platform current : incident, smoke, checks, refapp
 #   .venv        --platform current : everything (the full chaos suite, outages, kube)
-#   .venv        --platform pre-fix : smoke, refapp
+#   .venv        --platform pre-fix : smoke, refapp, the operator-guarded job
 # Every fault-path test also runs on the other release sets by hand, e.g.
 #   .venv-pinned/bin/python -m pytest --platform current -m chaos
 # Fast tier (pure logic, ~10 s): `.venv/bin/python -m pytest tests/app_patch tests/guard`.
@@ -31,5 +31,5 @@ run "pre-fix releases, pre-fix platform" .venv-pre --platform pre-fix \
 run "pinned releases, current platform" .venv-pinned --platform current \
     -m "incident or smoke or checks or refapp" "$@"
 run "current releases, current platform: whole suite" .venv --platform current "$@"
-run "current releases, pre-fix platform" .venv --platform pre-fix -m "smoke or refapp" "$@"
+run "current releases, pre-fix platform" .venv --platform pre-fix -m "smoke or refapp or operator_job" "$@"
 exit $failed

@@ -181,6 +181,20 @@ class NatsChannel:
             self.paused.discard((stream, consumer))
         return done, errors
 
+    async def ack_pending(self) -> int:
+        """Tasks handed out by the paused consumers and not acked yet: their results are
+        still on their way (held in the broker, or being saved). Resuming before they are
+        acked redelivers every one whose ack_wait ran out during the pause."""
+        nc = await self._conn()
+        total = 0
+        for stream, consumer in sorted(self.paused):
+            msg = await nc.request(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=2)
+            info = json.loads(msg.data or b"{}")
+            if "error" in info:
+                continue  # the job ended and took its consumer with it
+            total += int(info.get("num_ack_pending") or 0)
+        return total
+
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()

@@ -122,12 +122,19 @@ class GuardRuntime:
             await self._do(action)
         if self.state.drain is not None and isinstance(event, Tick) and self.celery is not None:
             try:
-                if await self.celery.ready_messages() == 0:
+                if await self._drained():
                     await self.handle(HeldResultsDrained(time.time()))
                     return
             except Exception as e:  # noqa: BLE001 - the drain wait times out by itself
                 logger.debug("drain check failed: %s", e)
         await self.write_status()
+
+    async def _drained(self) -> bool:
+        """No held result waits in the broker, and every task the paused job consumers
+        handed out is acked (its result saved)."""
+        if await self.celery.ready_messages() != 0:
+            return False
+        return self.nats is None or await self.nats.ack_pending() == 0
 
     def _count(self, before: GuardState, after: GuardState, event) -> None:
         deps = {d.kind for d in self.spec.dependencies}

@@ -4,12 +4,13 @@ and the stack's real redis-server / nats-server behind the pod mirror."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 
 import pytest
 
 from blipguard.app_patch.pause import client as fleet
-from blipguard.localstack.guard_operator import OperatorProcess
+from blipguard.localstack.guard_operator import OPERATOR_SA, OperatorProcess, guard_path, operator_kubeconfig
 from blipguard.localstack.podmirror import PodMirror
 from blipguard.localstack.procs import wait_until
 from blipguard.operator import crd, rbac
@@ -64,33 +65,19 @@ def broker_secret(kube, namespace, stack):
     return "celery-broker"
 
 
-OPERATOR_SA = "blipguard-operator"
 USERS: list[str] = []  # the operator's ServiceAccounts over this module, for the audit check
-
-
-def operator_kubeconfig(kube, namespace, tmp_path):
-    """A kubeconfig for a ServiceAccount bound to exactly ``rbac.role`` (never admin)."""
-    kube.ensure_service_account(namespace, OPERATOR_SA)
-    kube.client.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", rbac.role(namespace))
-    kube.client.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-                       rbac.role_binding(namespace, OPERATOR_SA))
-    USERS.append(f"system:serviceaccount:{namespace}:{OPERATOR_SA}")
-    return kube.token_kubeconfig(kube.service_account_token(namespace, OPERATOR_SA), tmp_path / "operator.kubeconfig")
 
 
 @pytest.fixture
 def operator(kube, namespace, crd_installed, tmp_path):
-    op = OperatorProcess(operator_kubeconfig(kube, namespace, tmp_path), [namespace], tmp_path / "operator")
+    kubeconfig = operator_kubeconfig(kube, namespace, tmp_path / "operator.kubeconfig")
+    USERS.append(f"system:serviceaccount:{namespace}:{OPERATOR_SA}")
+    op = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator")
     try:
         yield op.start()
     finally:
         op.stop()
         print(f"\n--- operator log tail\n{op.log_tail(3000)}")
-
-
-def guard_path(namespace: str, name: str = "") -> str:
-    base = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{namespace}/{crd.PLURAL}"
-    return f"{base}/{name}" if name else base
 
 
 def make_guard(kube, namespace, queue, name="fleet", kinds=("redis",), mode=None, secret="celery-broker",
@@ -139,16 +126,33 @@ def fleet_paused(app) -> dict[str, bool]:
     return {h: bool(r.get("paused")) for h, r in fleet.status(app, expect=WORKERS).replies.items()}
 
 
+def everyone_paused(app):
+    return lambda: list(fleet_paused(app).values()) == [True] * WORKERS
+
+
+def nobody_paused(app):
+    return lambda: set(fleet_paused(app).values()) == {False}
+
+
+@contextlib.contextmanager
+def redis_down(stack):
+    """Redis stopped (data kept) for the block, started again even when it fails."""
+    stack.redis.stop()
+    try:
+        yield
+    finally:
+        stack.redis.start()
+
+
 def test_a_redis_restart_pauses_every_worker_and_resumes_after_the_settle_time(
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
     make_guard(kube, namespace, platform.result_queue)
     wait_until(lambda: guard_status(kube, namespace).get("phase") == "watching", 30, "the guard to watch")
     assert set(fleet_paused(app).values()) == {False}
 
-    stack.redis.stop()
-    down_at = time.monotonic()
-    try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
+    with redis_down(stack):
+        down_at = time.monotonic()
+        wait_until(everyone_paused(app), 20, "every worker paused")
         paused_in = time.monotonic() - down_at
         wait_until(phase_is(kube, namespace, "paused"), 10, "status to say paused")
         status = guard_status(kube, namespace)
@@ -158,10 +162,8 @@ def test_a_redis_restart_pauses_every_worker_and_resumes_after_the_settle_time(
         replies = fleet.status(app, expect=WORKERS).replies
         assert all(any(blip_id in lease["reason"] for lease in r["leases"]) for r in replies.values()), \
             "each worker's lease names the blip"
-    finally:
-        stack.redis.start()
     up_at = time.monotonic()
-    wait_until(lambda: set(fleet_paused(app).values()) == {False}, 30, "every worker resumed")
+    wait_until(nobody_paused(app), 30, "every worker resumed")
     resumed_in = time.monotonic() - up_at
     assert resumed_in >= SETTLE, "resumed before the settle time"
     wait_until(lambda: guard_status(kube, namespace).get("phase") == "watching", 30, "the guard back to watching")
@@ -202,9 +204,8 @@ def test_a_blip_longer_than_the_max_pause_resumes_anyway_and_says_so(
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
     make_guard(kube, namespace, platform.result_queue, leaseSeconds=2, maxPauseSeconds=4)
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
-    stack.redis.stop()
-    try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 20, "every worker paused")
         wait_until(phase_is(kube, namespace, "degraded"), 15, "the guard to degrade at its max pause")
         assert set(fleet_paused(app).values()) == {False}, "resumed at the max pause, Redis still down"
         status = guard_status(kube, namespace)
@@ -214,8 +215,6 @@ def test_a_blip_longer_than_the_max_pause_resumes_anyway_and_says_so(
         degraded = wait_event(kube, namespace, "Degraded")
         assert len(degraded) == 1 and "longer than the max pause (4 s)" in degraded[0]
         assert operator.metric("blipguard_operator_degraded", namespace=namespace, guard="fleet") == 1
-    finally:
-        stack.redis.start()
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
     assert "(was degraded)" in wait_event(kube, namespace, "Recovered")[0]
 
@@ -224,19 +223,16 @@ def test_a_killed_operator_leaves_no_pause_behind_and_a_restarted_one_picks_the_
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
     make_guard(kube, namespace, platform.result_queue, leaseSeconds=3)
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
-    stack.redis.stop()
-    try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 20, "every worker paused")
         operator.kill()
         killed_at = time.monotonic()
-        wait_until(lambda: set(fleet_paused(app).values()) == {False}, 15, "the lease to run out on the workers")
+        wait_until(nobody_paused(app), 15, "the lease to run out on the workers")
         print(f"workers resumed by themselves {time.monotonic() - killed_at:.1f}s after the SIGKILL")
         operator.start()
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 30,
+        wait_until(everyone_paused(app), 30,
                    "the restarted operator to pause again for the ongoing outage")
         assert guard_status(kube, namespace)["phase"] == "paused"
-    finally:
-        stack.redis.start()
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
     assert set(fleet_paused(app).values()) == {False}
 
@@ -265,24 +261,18 @@ def test_observe_only_pauses_nothing_and_suspended_does_nothing(
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
     make_guard(kube, namespace, platform.result_queue, mode="observe-only")
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
-    stack.redis.stop()
-    try:
+    with redis_down(stack):
         assert "observe-only: not pausing" in wait_event(kube, namespace, "BlipStarted", timeout=20)[0]
         assert set(fleet_paused(app).values()) == {False}
         assert guard_status(kube, namespace)["blip"]["dependency"] == "redis"
-    finally:
-        stack.redis.start()
     wait_until(lambda: event_messages(kube, namespace, "Recovered"), 30, "the blip to end")
     patch_guard(kube, namespace, {"spec": {"mode": "suspended"}})
     wait_until(phase_is(kube, namespace, "suspended"), 20, "the guard to suspend")
-    stack.redis.stop()
-    try:
+    with redis_down(stack):
         stack_mirror.sync()  # the pod is not ready in the API before the guard wakes up
         patch_guard(kube, namespace, {"spec": {"mode": "active"}})
         # Woken up during the outage: it pauses for it (so nothing was done while suspended).
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
-    finally:
-        stack.redis.start()
+        wait_until(everyone_paused(app), 20, "every worker paused")
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
     status = guard_status(kube, namespace)
     assert status["counters"]["pauses"] == 1, "observe-only and suspended never paused"
@@ -294,18 +284,15 @@ def test_a_forced_resume_resumes_at_once_and_is_recorded(
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
     make_guard(kube, namespace, platform.result_queue)
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
-    stack.redis.stop()
-    try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 20, "every worker paused")
         patch_guard(kube, namespace, {"metadata": {"annotations": {crd.FORCE_RESUME_ANNOTATION: "oncall-1"}}})
-        wait_until(lambda: set(fleet_paused(app).values()) == {False}, 10, "the forced resume")
+        wait_until(nobody_paused(app), 10, "the forced resume")
         forced = wait_event(kube, namespace, "ForceResumed")
         assert len(forced) == 1 and "oncall-1" in forced[0] and "resumed at once" in forced[0]
         wait_until(lambda: guard_status(kube, namespace).get("forceResumeHandled") == "oncall-1", 10,
                    "status to record the handled request")
         assert guard_status(kube, namespace)["counters"]["forcedResumes"] == 1
-    finally:
-        stack.redis.start()
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
     assert "(resumed earlier by force)" in wait_event(kube, namespace, "Recovered")[0]
 
@@ -315,13 +302,10 @@ def test_a_worker_that_stops_consuming_after_the_resume_is_named(
     make_guard(kube, namespace, platform.result_queue)
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
     catatonic = workers.hostnames[0]
-    stack.redis.stop()
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 20, "every worker paused")
     try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
-    finally:
-        stack.redis.start()
-    try:
-        wait_until(lambda: set(fleet_paused(app).values()) == {False}, 30, "every worker resumed")
+        wait_until(nobody_paused(app), 30, "every worker resumed")
         # Resumed, then it drops its consumer: the worker answers but takes no result task.
         app.control.cancel_consumer(platform.result_queue, destination=[catatonic], reply=True, timeout=2)
         message = wait_event(kube, namespace, "WorkersNotConsuming", timeout=20)[0]
@@ -359,12 +343,9 @@ def test_bad_setups_show_in_status_and_other_guards_keep_working(
     if bad_created:
         wait_until(lambda: ready("bad-selector").get("status") == "False", 20, "the bad selector in status")
         assert "a/b/c" in ready("bad-selector")["message"]
-    stack.redis.stop()
-    try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20,
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 20,
                    "the good guard to pause every worker")
-    finally:
-        stack.redis.start()
     wait_until(phase_is(kube, namespace, "watching"), 30, "the good guard to recover")
     assert operator.proc.poll() is None, "the operator must not crash on bad guards"
 
@@ -374,12 +355,9 @@ def test_no_blip_is_missed_after_the_api_server_restarted(
     make_guard(kube, namespace, platform.result_queue)
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
     kube.apiserver.restart(downtime=3.0)
-    stack.redis.stop()
-    try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 60,
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 60,
                    "every worker paused for a blip after the API server came back")
-    finally:
-        stack.redis.start()
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
     assert guard_status(kube, namespace)["counters"]["blips"] == 1
     assert operator.proc.poll() is None
@@ -399,9 +377,13 @@ def _job_through_an_outage(kube, namespace, stack, web, redis_direct, platform, 
         patch_guard(kube, namespace, {"spec": {"pause": {"nats": {"url": stack.nats.url}}}})
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
     queue = platform.result_queue
+    # The pre-fix ack_wait is 30 s: a service that pulls faster than results are saved gets
+    # its tasks redelivered with no outage at all. 2 threads x 8 images / 4 s = 4 images/s,
+    # below the pre-fix result saving rate here (~6/s); instant on the current platform.
     outcome = run_job(web.url, redis_direct, JOB_IMAGES, fault=lambda: faults.redis_down_for(stack, OUTAGE).join(),
-                      fault_at=0.3, settle=lambda: stack.rabbitmq.queue_depth(queue) == 0, timeout=OUTAGE + 400)
-    print(outcome.summary(), outcome.consumer_at_cleanup())
+                      fault_at=0.3, settle=lambda: stack.rabbitmq.queue_depth(queue) == 0,
+                      timeout=OUTAGE + 600, batch_seconds=4.0 if platform.is_pre else 0.0)
+    print(outcome.summary(), outcome.consumer_at_cleanup(), f"refused by the API: {outcome.results_refused}")
     return outcome
 
 
@@ -413,7 +395,13 @@ def test_an_840_image_job_survives_a_120s_redis_outage_with_no_redelivery(
     assert (outcome.processed, outcome.failed, outcome.results_processed) == (JOB_IMAGES, 0, JOB_IMAGES)
     assert outcome.detections == outcome.expected_detections == outcome.detections_counter
     assert outcome.duplicate_detections == 0
-    assert outcome.consumer_at_cleanup().get("num_redelivered") == 0, outcome.consumer_at_cleanup()
+    consumer = outcome.consumer_at_cleanup()
+    # `delivered` counts every delivery (num_redelivered only those unacked at cleanup). The
+    # only redeliveries allowed are of results the API refused: its Celery result backend is
+    # the Redis that is down, so a result POSTed during the outage gets a 500 after the
+    # backend's retries, and NATS hands that task out again after ack_wait, as it should.
+    assert consumer.get("num_redelivered") == 0, consumer
+    assert consumer.get("delivered") == JOB_IMAGES + outcome.results_refused, (consumer, outcome.notes)
     assert not outcome.log_contains("Retries exhausted") and not outcome.log_contains("marked as FAILURE")
     status = guard_status(kube, namespace)
     assert status["counters"]["blips"] == 1 and status["counters"]["renewals"] >= 3
@@ -429,17 +417,17 @@ def test_an_840_image_job_survives_a_120s_redis_outage_with_no_redelivery(
 @pytest.mark.operator_job
 def test_without_the_nats_pause_the_held_results_are_redelivered(
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform, web, redis_direct):
-    """The control run: Celery paused, NATS not. Tasks handed out before and during the
-    outage outlive ack_wait while their results wait in RabbitMQ, and NATS hands them out
-    again. Pre-fix ack_wait is 30 s; the current platform's 300 s outlasts this outage."""
+    """The control run: Celery paused, NATS not. Tasks handed out during the outage outlive
+    the pre-fix ack_wait (30 s) while their results wait in RabbitMQ, and NATS hands them
+    out again (the patch keeps the counts exact; the work is done twice)."""
+    if not platform.is_pre:
+        pytest.skip("the current platform's 300 s ack_wait outlasts this outage: nothing to show")
     outcome = _job_through_an_outage(kube, namespace, stack, web, redis_direct, platform, pause_nats=False)
     assert outcome.status == "SUCCESS", outcome.log[-5:]
     assert (outcome.processed, outcome.failed) == (JOB_IMAGES, 0)
-    redelivered = outcome.consumer_at_cleanup().get("num_redelivered")
-    if platform.is_pre:
-        assert redelivered > 0, outcome.consumer_at_cleanup()
-    else:
-        assert redelivered == 0, outcome.consumer_at_cleanup()
+    assert outcome.detections == outcome.expected_detections and outcome.duplicate_detections == 0
+    consumer = outcome.consumer_at_cleanup()
+    assert consumer.get("delivered", 0) > JOB_IMAGES + outcome.results_refused, consumer
 
 
 def test_the_role_is_exactly_what_the_operator_used(
@@ -448,11 +436,8 @@ def test_the_role_is_exactly_what_the_operator_used(
     itself): the verbs and resources in the audit log equal the Role, both ways."""
     make_guard(kube, namespace, platform.result_queue)
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
-    stack.redis.stop()
-    try:
-        wait_until(lambda: list(fleet_paused(app).values()) == [True] * WORKERS, 20, "every worker paused")
-    finally:
-        stack.redis.start()
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 20, "every worker paused")
     wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to recover")
     kube.client.delete(guard_path(namespace, "fleet"))  # the finalizer's release is a verb too
     wait_until(lambda: not kube.client.get(guard_path(namespace)).get("items"), 30, "the guard to go")

@@ -32,6 +32,7 @@ class JobOutcome:
     elapsed: float
     fault_fired_at: float | None = None  # the processed fraction observed when the fault fired
     stream_lost_while_running: bool = False  # the NATS stream vanished before the job ended
+    results_refused: int = 0  # results the API refused (e.g. 500): their tasks come back from NATS
     notes: list[str] = field(default_factory=list)
 
     def consumer_at_cleanup(self) -> dict[str, int]:
@@ -157,6 +158,7 @@ def run_job(
     batch_size: int = 8,
     sim_threads: int = 2,
     ack_wait: float | None = None,
+    batch_seconds: float = 0.0,
 ) -> JobOutcome:
     """Start a job, let a simulated processing service work it, fire `fault` once when
     the `process` stage passes `fault_at`, and wait for the job's final state. A `fault`
@@ -213,6 +215,7 @@ def run_job(
         error_ids=error_ids,
         payloads=payloads,
         slow_first=slow_first_at(image_ids) if slow_first_at else None,
+        batch_seconds=batch_seconds,
     ) as sim:
         try:
             wait_until(status_and_fault, timeout, f"job {job.pk} to reach a final state", interval=0.02)
@@ -232,5 +235,6 @@ def run_job(
     outcome = collect(job.pk, redis_client, image_ids, error_ids, elapsed)
     outcome.fault_fired_at = fired.get("at")
     outcome.stream_lost_while_running = polls["stream_lost"]
+    outcome.results_refused = sim.results_refused
     outcome.notes.extend(sim.errors[:5])
     return outcome

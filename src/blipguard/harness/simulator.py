@@ -69,6 +69,7 @@ class ProcessingService:
         payloads: dict | None = None,
         idle_wait: float = 0.05,
         slow_first: dict | None = None,
+        batch_seconds: float = 0.0,
     ):
         self.base_url = base_url.rstrip("/")
         self.job_id = job_id
@@ -77,6 +78,9 @@ class ProcessingService:
         self.error_ids = {int(i) for i in error_ids}
         self.payloads = {int(k): v for k, v in (payloads or {}).items()}
         self.idle_wait = idle_wait
+        # Inference time per batch: a real service is slower than result saving, so its
+        # tasks do not outlive ack_wait while their results queue up.
+        self.batch_seconds = batch_seconds
         # image id -> seconds: the first delivery of that image is answered only after
         # that long (a slow service: NATS redelivers it meanwhile, and both get answered).
         self.slow_first = {int(k): v for k, v in (slow_first or {}).items()}
@@ -85,6 +89,7 @@ class ProcessingService:
         self.stop_event = threading.Event()
         self.tasks_received = 0
         self.results_posted = 0
+        self.results_refused = 0  # results in POSTs the API answered with an error
         self.errors: list[str] = []
         self.post_retries = 0  # result POSTs retried after a refused or reset connection
         self._lock = threading.Lock()
@@ -136,6 +141,8 @@ class ProcessingService:
                     continue
                 with self._lock:
                     self.tasks_received += len(tasks)
+                if self.batch_seconds and self.stop_event.wait(self.batch_seconds):
+                    return
                 now = [t for t in tasks if not self._slow(t)]
                 if now:
                     self._post_results(now)
@@ -183,6 +190,7 @@ class ProcessingService:
             if status == 200:
                 self.results_posted += body.get("results_queued", 0)
             else:
+                self.results_refused += len(results)  # NATS hands these tasks out again after ack_wait
                 self.errors.append(f"result POST {status}: {body}")
 
     @property

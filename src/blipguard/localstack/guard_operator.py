@@ -11,6 +11,29 @@ from pathlib import Path
 from .procs import free_port, log_tail, pid_alive, spawn, stop_pid, wait_until
 
 
+OPERATOR_SA = "blipguard-operator"
+
+
+def operator_kubeconfig(kube, namespace: str, path: Path, service_account: str = OPERATOR_SA) -> Path:
+    """A kubeconfig for a ServiceAccount bound to exactly the operator's Role (``rbac``),
+    never admin."""
+    from blipguard.operator import rbac
+
+    kube.ensure_service_account(namespace, service_account)
+    kube.client.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", rbac.role(namespace))
+    kube.client.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+                       rbac.role_binding(namespace, service_account))
+    return kube.token_kubeconfig(kube.service_account_token(namespace, service_account), path)
+
+
+def guard_path(namespace: str, name: str = "") -> str:
+    """The API path of a namespace's BlipGuards, or of one."""
+    from blipguard.operator import crd
+
+    base = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{namespace}/{crd.PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, namespaces: list[str], workdir: Path, env: dict[str, str] | None = None):
         self.kubeconfig = kubeconfig
