@@ -40,8 +40,8 @@ make_venv() {  # make_venv DIR EXTRAS [pip args...]
     echo "$want" >"$stamp"
 }
 
-# The operator runs from .venv only: the platform's release sets need not carry kopf.
+# Every venv carries the operator extra: the fast tier and test collection import it.
 make_venv "$ROOT/.venv" dev,operator
-make_venv "$ROOT/.venv-pinned" dev -c "$ROOT/constraints/pinned.txt"
-make_venv "$ROOT/.venv-pre" dev -c "$ROOT/constraints/pre-fix.txt"
+make_venv "$ROOT/.venv-pinned" dev,operator -c "$ROOT/constraints/pinned.txt"
+make_venv "$ROOT/.venv-pre" dev,operator -c "$ROOT/constraints/pre-fix.txt"
 bash scripts/setup_kube.sh
