@@ -20,6 +20,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", default="0.0.0.0")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="kopf's probe endpoint for liveness/readiness ('' to turn off)")
+    run.add_argument("--pod-selector", default=None,
+                     help="server-side label selector of the pods watched (default: "
+                          "'app.kubernetes.io/name in (redis,nats)'; guards' selectors must fall inside it; "
+                          "'' watches every pod)")
     run.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -36,10 +40,16 @@ def main(argv: list[str]) -> int:
 
     from . import main as _wiring  # noqa: F401 - registers the handlers
     from . import metrics
+    from .handlers import startup
+
+    if args.pod_selector is not None:
+        startup.pod_selector = args.pod_selector
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    if not args.verbose:  # one line per pod event otherwise ("Handler 'pod_event' succeeded.")
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     kopf.run(

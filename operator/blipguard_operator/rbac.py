@@ -56,7 +56,9 @@ def used(audit_events: list[dict], username: str, forbidden: bool = False) -> se
     server audit events: the allowed ones, or with ``forbidden`` the refused ones (pure)."""
     out = set()
     for event in audit_events:
-        if (event.get("user") or {}).get("username") != username or event.get("stage") != "ResponseComplete":
+        # A watch still open logs ResponseStarted only; every other request ResponseComplete.
+        if (event.get("user") or {}).get("username") != username or event.get("stage") not in (
+                "ResponseComplete", "ResponseStarted"):
             continue
         ref = event.get("objectRef")
         if not ref or not ref.get("resource"):

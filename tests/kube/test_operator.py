@@ -448,6 +448,10 @@ def test_the_role_is_exactly_what_the_operator_used(
     kube.client.delete(guard_path(namespace, "fleet"))  # the finalizer's release is a verb too
     wait_until(lambda: not kube.client.get(guard_path(namespace)).get("items"), 30, "the guard to go")
 
+    pod_events = [e for e in kube.client.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+                  if (e.get("involvedObject") or {}).get("kind") == "Pod"]
+    assert pod_events == [], "nothing is posted on other charts' pods"
+
     events = kube.audit_events()
     used = set().union(*(rbac.used(events, user) for user in USERS))
     # Refusals of what the Role grants happen while a restarted API server's authorizer

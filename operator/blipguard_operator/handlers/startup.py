@@ -11,6 +11,11 @@ import kopf
 from .. import kubeapi
 
 FINALIZER = "blipguard.io/guard-daemon"
+# Server-side filter of the pod watch: the charts' own name labels. Pods outside it are
+# never sent to the operator (with thousands of pods per namespace, kopf's per-object
+# bookkeeping is what costs memory); guards' selectors narrow it further. '' watches all.
+DEFAULT_POD_SELECTOR = "app.kubernetes.io/name in (redis,nats)"
+pod_selector = DEFAULT_POD_SELECTOR
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -23,8 +28,12 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Explicit namespaces only, no cluster-wide Namespace/CRD watches: least privilege
     # (rbac.py). The CRD must exist before the operator starts (the chart's crds/).
     settings.scanning.disabled = True
+    if pod_selector:
+        settings.watching.label_selectors["v1", "pods"] = pod_selector
     settings.persistence.finalizer = FINALIZER
-    settings.posting.level = logging.INFO
+    # Our events are posted explicitly (kopf.event). kopf would also post every handler
+    # log line as an Event on the object, i.e. on other charts' pods: none of that.
+    settings.posting.level = logging.CRITICAL + 10
     settings.networking.request_timeout = 15
 
 
