@@ -34,6 +34,9 @@ class CeleryChannel:
         self.expected = expected
         self.timeout = timeout
         self.app = Celery("blipguard-operator", broker=broker_url, set_as_current=False)
+        # Celery prefers a CELERY_BROKER_URL environment variable over broker=; the write
+        # and read URLs set here win over it, so the guard's Secret is what is used.
+        self.app.conf.broker_write_url = self.app.conf.broker_read_url = broker_url
         self.app.conf.broker_connection_retry_on_startup = False
 
     def _sent(self, replies: list[pause_client.FleetReply]) -> Sent:

@@ -57,7 +57,10 @@ def test_workers_execute_task_and_stop(tmp_path: Path, rabbit: RabbitMQServer) -
         assert group_members(pids[0])  # worker + its prefork child
         client = Celery(broker=rabbit.url)
         out = tmp_path / "out.txt"
-        client.send_task("tinyapp.touch", args=[str(out), "hello"], queue="q1")
+        # Explicit: Celery prefers CELERY_BROKER_URL from os.environ (set once a test of
+        # this session set Django up against the stack) over the broker= argument.
+        with client.connection_for_write(rabbit.url) as conn:
+            client.send_task("tinyapp.touch", args=[str(out), "hello"], queue="q1", connection=conn)
         wait_until(lambda: out.exists() and out.read_text() == "hello", 15, "task executed")
         assert rabbit.consumer_count("q1") == 2
         workers.stop(names[0])

@@ -51,6 +51,9 @@ class CeleryWorkers:
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # A test process that set Django up for the reference app has its settings module in
+        # os.environ: a worker of another app would load Django (Celery's Django fixup) too.
+        env.pop("DJANGO_SETTINGS_MODULE", None)
         env.update(self.env)
         paths = [*self.pythonpath, *filter(None, [env.get("PYTHONPATH", "")])]
         if paths:
