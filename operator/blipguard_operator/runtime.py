@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from urllib.parse import urlsplit
 
 from . import metrics
@@ -18,6 +17,7 @@ from .blip import GuardState, initial_state, step
 from .channels import CeleryChannel, NatsChannel, not_consuming
 from .model import (
     CheckConsuming,
+    ContainerStatus,
     Dependency,
     ForceResume,
     HeldResultsDrained,
@@ -57,6 +57,7 @@ class GuardRuntime:
         self.celery: CeleryChannel | None = None
         self.nats: NatsChannel | None = None
         self.generation: int | None = None
+        self._broker_url: str | None = None  # from the guard's Secret
         self._written: dict | None = None
         self._labels = {"namespace": namespace, "guard": name}
 
@@ -88,8 +89,6 @@ class GuardRuntime:
         if old is None or old.pause != spec.pause:
             await self._open_channels(spec)
         self.obs.unprotectable = unprotectable(spec, self._broker_url)
-
-    _broker_url: str | None = None
 
     async def _open_channels(self, spec: GuardSpec) -> None:
         self.obs.broker_error = None
@@ -282,8 +281,6 @@ class GuardRuntime:
 
 def pod_observed(pod: dict, dependency: Dependency, deleted: bool, now: float | None = None) -> PodObserved:
     """A pod as the machine sees it, stamped ``now`` (default: the wall clock)."""
-    from .model import ContainerStatus
-
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
