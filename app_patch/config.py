@@ -43,6 +43,10 @@ DEFAULTS = {
     "BREAKER": True,
     "BREAKER_THRESHOLD": 5,
     "BREAKER_LEASE": 15.0,
+    # Each worker host's Prometheus endpoint (None: none). Needs PROMETHEUS_MULTIPROC_DIR in
+    # the worker's environment (prefork children write their samples there).
+    "METRICS_PORT": None,
+    "METRICS_ADDRESS": "0.0.0.0",
 }
 
 
@@ -64,6 +68,8 @@ class Config:
     breaker: bool = True
     breaker_threshold: int = 5
     breaker_lease: float = 15.0
+    metrics_port: int | None = None
+    metrics_address: str = "0.0.0.0"
 
 
 def _number(raw: dict, key: str, kind=float, minimum=0.0, allow_none=False, maximum=math.inf):
@@ -108,7 +114,7 @@ def parse(raw: dict | None) -> Config:
     for key in ("AUTO_PATCH", "STRICT", "BREAKER"):
         if not isinstance(raw[key], bool):
             raise ConfigurationError(f"BLIPGUARD['{key}'] must be True or False, got {raw[key]!r}")
-    for key in ("ACK_WAIT_SOURCE", "RESULT_QUEUE", "CACHE_ALIAS"):
+    for key in ("ACK_WAIT_SOURCE", "RESULT_QUEUE", "CACHE_ALIAS", "METRICS_ADDRESS"):
         if key == "RESULT_QUEUE" and raw[key] is None:
             continue
         if not isinstance(raw[key], str) or not raw[key]:
@@ -130,6 +136,8 @@ def parse(raw: dict | None) -> Config:
         breaker=raw["BREAKER"],
         breaker_threshold=_number(raw, "BREAKER_THRESHOLD", int, 1),
         breaker_lease=_number(raw, "BREAKER_LEASE", minimum=1.0, maximum=3600.0),  # the pause lease limit
+        metrics_port=_number(raw, "METRICS_PORT", int, 1, allow_none=True, maximum=65535),
+        metrics_address=raw["METRICS_ADDRESS"],
     )
 
 

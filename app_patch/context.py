@@ -26,6 +26,7 @@ class TaskRun:
     ack_attempted: bool = False  # the body called its ack helper (no NATS redelivery after that)
     results_counted: bool = False  # this run passed result counts to the host's progress
     missing_state: str | None = None  # why the job's state keys are gone, when they are
+    stage: str | None = None  # the job stage whose state this run last touched (for metrics)
 
 
 _current: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar("blipguard_task_run", default=None)

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 
-from . import context, messages
+from . import context, messages, metrics
 from .classify import classify
 from .errors import TransientDependencyError, describe
 from .pause import board, breaker
@@ -75,6 +75,7 @@ def _run(task, original, host, args, kwargs):
             if not _ack_again(host, job_id, reply_subject, run, cause):
                 _transient(task, host, job_id, cause, info, ack_only=True)
     breaker.on_success()
+    metrics.inc("results_processed")
     if info.get("first_failure"):
         waited = time.time() - info["first_failure"]
         host.job_logger(job_id).info(messages.recovered(info.get("dependency", "a dependency"), task.request.retries, waited))
@@ -123,6 +124,8 @@ def _failed(task, host, job_id: int, exc: Exception, run, info: dict) -> None:
 def _note_host_retry(task, host, job_id: int, retry, run) -> None:
     cause = retry.exc
     dependency = classify(cause).dependency if cause is not None else ""
+    _count_transient(dependency, run.stage)
+    metrics.inc("result_retries", dependency=metrics.dependency_label(dependency))
     breaker.on_transient(task, dependency, cause, host.config)
     if "process" in run.newly:
         return  # past the first stage the host writes this to the job log itself
@@ -144,6 +147,8 @@ def _transient(task, host, job_id: int, exc: BaseException, info: dict, ack_only
         raise Ignore()
     info = {**info, "dependency": dependency, "ack_only": ack_only}
     info.setdefault("first_failure", time.time())
+    run = context.current()
+    _count_transient(dependency, "ack" if ack_only or run is None else run.stage)
     breaker.on_transient(task, dependency, exc, host.config)
     held = board.paused_for()
     if held:
@@ -156,13 +161,21 @@ def _transient(task, host, job_id: int, exc: BaseException, info: dict, ack_only
         _give_up(task, host, job_id, cause, dependency, info, seconds=time.time() - info["first_failure"])
         raise Ignore()
     countdown = policy.countdown(done)
+    metrics.inc("result_retries", dependency=metrics.dependency_label(dependency))
     job.logger.warning(messages.transient(dependency, operation, cause, done + 1, policy.max_retries, countdown))
     raise task.retry(countdown=countdown, max_retries=policy.max_retries, exc=exc, headers={HEADER: info})
+
+
+def _count_transient(dependency: str, stage: str | None) -> None:
+    metrics.inc("transient_errors", dependency=metrics.dependency_label(dependency),
+                stage=metrics.stage_label(stage))
 
 
 def _give_up(task, host, job_id: int, cause, dependency: str, info: dict, seconds: float | None) -> None:
     if seconds is None and info.get("first_failure"):
         seconds = time.time() - info["first_failure"]
+    metrics.inc("retries_exhausted", dependency=metrics.dependency_label(dependency))
+    metrics.job_failed("retries_exhausted", board.in_blip())
     host.fail_job(job_id, messages.retries_exhausted(task.request.retries, seconds, dependency, cause))
 
 
@@ -174,5 +187,6 @@ def _hold_back(task, host, job_id: int, info: dict, held: dict, exc: BaseExcepti
     req = task.request
     options = {"headers": {HEADER: info}} if info else {}
     task.signature_from_request(req, req.args, req.kwargs, retries=req.retries, **options).apply_async()
+    metrics.inc("results_held_back", dependency=metrics.dependency_label(held["dependency"]))
     host.job_logger(job_id).info(messages.held_back(held["dependency"], held["reason"], exc))
     raise Ignore()

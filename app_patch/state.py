@@ -23,7 +23,8 @@ import hashlib
 import logging
 import time
 
-from . import context
+from . import context, metrics
+from .pause import board
 from .classify import classify
 from .diagnosis import FINAL_STATUSES, MissingStateFacts, explain
 
@@ -132,6 +133,8 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
     ids, failed = _ids(processed_image_ids), _ids(failed_image_ids)
     run = context.current()
     delivery = run.delivery if run is not None else None
+    if run is not None:
+        run.stage = stage
     try:
         try:
             results = _execute(manager, stage, ids, failed, delivery, by_sha=True)
@@ -180,6 +183,8 @@ def _report_missing(manager, stage: str, host, run) -> None:
     # The host fails the job next and logs that at ERROR; a late result for a finished
     # job is routine.
     level = logging.INFO if facts.job_status in FINAL_STATUSES else logging.WARNING
+    if level == logging.WARNING:
+        metrics.job_failed("state_missing", board.in_blip())
     host.job_logger(manager.job_id).log(level, f"Job state keys not found in Redis (stage={stage}): {why}")
 
 

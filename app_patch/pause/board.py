@@ -192,6 +192,14 @@ def pause_span() -> dict:
     return {"paused_since": span.get("since"), "last": tuple(last) if last else None}
 
 
+def in_blip(now: float | None = None) -> bool:
+    """This worker is in a blip: paused, or in a streak of transient errors no result has
+    ended yet (the breaker's count)."""
+    if _board is None:
+        return False
+    return paused_for(now) is not None or any(_board.read().get("failures", {}).values())
+
+
 def paused_for(now: float | None = None) -> dict | None:
     """The active pause this process should obey, or None. Wall-clock leases."""
     if _board is None:

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 
+from .. import metrics
 from . import board, breaker
 from .leases import BREAKER, OPERATOR, InvalidPause, Leases, check_source, validate
 from .probes import probe
@@ -52,6 +53,7 @@ class Controller:
             self.last_pause = (self.paused_since, now)
             self.paused_since = None
         view["pause_span"] = {"since": self.paused_since, "last": self.last_pause}
+        metrics.set_gauge("worker_paused", 1 if view["leases"] else 0)
 
         def publish(data: dict) -> dict:
             failures = {k: v for k, v in data.get("failures", {}).items() if k not in reset_failures}

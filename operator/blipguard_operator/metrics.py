@@ -10,6 +10,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 PREFIX = "blipguard_operator_"
+# The scrape job label the chart's ServiceMonitor fixes, so alert expressions do not depend
+# on the release name (the workers' PodMonitor: blipguard.app_patch.metrics.SCRAPE_JOB).
+SCRAPE_JOB = "blipguard-operator"
 GUARD_LABELS = ("namespace", "guard")
 DEP_LABELS = GUARD_LABELS + ("dependency",)
 # pause / renew / resume_celery / resume_nats / status; ok / failed

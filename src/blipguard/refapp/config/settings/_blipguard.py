@@ -20,4 +20,6 @@ def install(namespace: dict) -> None:
     namespace["BLIPGUARD"] = {
         "MAX_RETRIES": int(os.environ.get("BLIPGUARD_MAX_RETRIES", "6")),
         "BREAKER": os.environ.get("BLIPGUARD_BREAKER", "1") == "1",
+        "METRICS_PORT": int(os.environ["BLIPGUARD_METRICS_PORT"]) if os.environ.get("BLIPGUARD_METRICS_PORT") else None,
+        "METRICS_ADDRESS": "127.0.0.1",
     }
