@@ -21,9 +21,10 @@ class AppPatchConfig(AppConfig):
         if config.auto_patch and not install(config).refused:
             # Worker side of the pause: control commands and the board shared with the
             # prefork children (created here, before the pool forks).
-            from . import worker_metrics
+            from . import sentry, worker_metrics
             from .pause import board, worker
 
             board.create()
             worker.register()
             worker_metrics.register(config)
+            sentry.setup()

@@ -27,6 +27,7 @@ class TaskRun:
     results_counted: bool = False  # this run passed result counts to the host's progress
     missing_state: str | None = None  # why the job's state keys are gone, when they are
     stage: str | None = None  # the job stage whose state this run last touched (for metrics)
+    terminal_reported: bool = False  # a terminal Sentry event went out (its log copy is dropped)
 
 
 _current: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar("blipguard_task_run", default=None)

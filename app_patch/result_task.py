@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 
-from . import context, messages, metrics
+from . import context, messages, metrics, sentry
 from .classify import classify
 from .errors import TransientDependencyError, describe
 from .pause import board, breaker
@@ -75,6 +75,7 @@ def _run(task, original, host, args, kwargs):
             if not _ack_again(host, job_id, reply_subject, run, cause):
                 _transient(task, host, job_id, cause, info, ack_only=True)
     breaker.on_success()
+    sentry.on_success()
     metrics.inc("results_processed")
     if info.get("first_failure"):
         waited = time.time() - info["first_failure"]
@@ -127,6 +128,8 @@ def _note_host_retry(task, host, job_id: int, retry, run) -> None:
     _count_transient(dependency, run.stage)
     metrics.inc("result_retries", dependency=metrics.dependency_label(dependency))
     breaker.on_transient(task, dependency, cause, host.config)
+    if cause is not None:
+        sentry.transient(dependency, run.stage, cause, task.request.retries, job_id)
     if "process" in run.newly:
         return  # past the first stage the host writes this to the job log itself
     when = retry.when
@@ -148,8 +151,11 @@ def _transient(task, host, job_id: int, exc: BaseException, info: dict, ack_only
     info = {**info, "dependency": dependency, "ack_only": ack_only}
     info.setdefault("first_failure", time.time())
     run = context.current()
-    _count_transient(dependency, "ack" if ack_only or run is None else run.stage)
+    stage = "ack" if ack_only or run is None else run.stage
+    _count_transient(dependency, stage)
     breaker.on_transient(task, dependency, exc, host.config)
+    sentry.transient(dependency, stage, exc.cause if isinstance(exc, TransientDependencyError) else exc,
+                     task.request.retries, job_id)
     held = board.paused_for()
     if held:
         _hold_back(task, host, job_id, info, held, exc)
@@ -175,8 +181,15 @@ def _give_up(task, host, job_id: int, cause, dependency: str, info: dict, second
     if seconds is None and info.get("first_failure"):
         seconds = time.time() - info["first_failure"]
     metrics.inc("retries_exhausted", dependency=metrics.dependency_label(dependency))
-    metrics.job_failed("retries_exhausted", board.in_blip())
-    host.fail_job(job_id, messages.retries_exhausted(task.request.retries, seconds, dependency, cause))
+    # A streak of transient errors is what exhausts retries: only a pause in force (the
+    # results should have been held back, not retried) makes this one "during a blip".
+    during_blip = board.paused_for() is not None
+    metrics.job_failed("retries_exhausted", during_blip)
+    message = messages.retries_exhausted(task.request.retries, seconds, dependency, cause)
+    run = context.current()
+    sentry.terminal("retries_exhausted", dependency, run.stage if run else None, f"Job {job_id} failed: {message}",
+                    task.request.retries, job_id, during_blip)
+    host.fail_job(job_id, message)
 
 
 def _hold_back(task, host, job_id: int, info: dict, held: dict, exc: BaseException | None = None):

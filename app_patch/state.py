@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 
-from . import context, metrics
+from . import context, metrics, sentry
 from .pause import board
 from .classify import classify
 from .diagnosis import FINAL_STATUSES, MissingStateFacts, explain
@@ -184,7 +184,10 @@ def _report_missing(manager, stage: str, host, run) -> None:
     # job is routine.
     level = logging.INFO if facts.job_status in FINAL_STATUSES else logging.WARNING
     if level == logging.WARNING:
-        metrics.job_failed("state_missing", board.in_blip())
+        during_blip = board.in_blip()
+        metrics.job_failed("state_missing", during_blip)
+        sentry.terminal("state_missing", "redis", stage, f"Job {manager.job_id} failed: Job state keys not found in "
+                        f"Redis: {why}", sentry.current_retries(), manager.job_id, during_blip)
     host.job_logger(manager.job_id).log(level, f"Job state keys not found in Redis (stage={stage}): {why}")
 
 

@@ -287,6 +287,9 @@ def _consuming_from(consumer, queue: str) -> bool:
 
 def _hold_result_queues(sender=None, instance=None, **kwargs) -> None:
     """Before the consumer starts: leave the result queues out until _catch_up decides."""
+    from .. import sentry
+
+    sentry.WORKER = sender if isinstance(sender, str) else getattr(instance, "hostname", None)
     c = controller()
     queues = instance.app.amqp.queues
     for q in c.queues:

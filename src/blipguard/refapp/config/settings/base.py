@@ -147,3 +147,28 @@ LOGGING = {
 # ``ami.ml.orchestration.nats_queue.TASK_TTR`` (30 s) in every process of the app, so a
 # test can shorten the NATS ack_wait at PRE. Unset in production.
 REFAPP_TEST_TASK_TTR = os.environ.get("REFAPP_TEST_TASK_TTR") or None
+
+# --- Sentry: as the platform's production settings set it up (fact sheet §10), when a DSN
+# is given. Error-level log lines (the job logger's among them) become events.
+SENTRY_DSN = os.environ.get("SENTRY_DSN") or None
+if SENTRY_DSN:
+    import logging as _logging
+
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+    from sentry_sdk.integrations.logging import LoggingIntegration
+    from sentry_sdk.integrations.redis import RedisIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        integrations=[
+            LoggingIntegration(level=int(os.environ.get("DJANGO_SENTRY_LOG_LEVEL", _logging.INFO)),
+                               event_level=_logging.ERROR),
+            DjangoIntegration(),
+            CeleryIntegration(),
+            RedisIntegration(),
+        ],
+        environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
+        traces_sample_rate=0.0,
+    )
