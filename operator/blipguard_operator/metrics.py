@@ -15,8 +15,9 @@ PREFIX = "blipguard_operator_"
 SCRAPE_JOB = "blipguard-operator"
 GUARD_LABELS = ("namespace", "guard")
 DEP_LABELS = GUARD_LABELS + ("dependency",)
-# pause / renew / resume_celery / resume_nats / status; ok / failed
 BROADCAST_LABELS = GUARD_LABELS + ("command", "outcome")
+COMMANDS = ("pause", "renew", "pause_nats", "renew_nats", "resume_celery", "resume_nats", "status")
+OUTCOMES = ("ok", "failed")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -60,6 +61,23 @@ def exported_names() -> set[str]:
         else:
             names.add(name)
     return names
+
+
+def initialize(namespace: str, guard: str, dependencies) -> None:
+    """Create a guard's series at zero, so ``increase()`` sees its first blip, restart and
+    failed broadcast after an operator start."""
+    labels = {"namespace": namespace, "guard": guard}
+    for dependency in dependencies:
+        dep = {**labels, "dependency": str(dependency)}
+        RESTARTS_SEEN.labels(**dep).inc(0)
+        BLIPS.labels(**dep).inc(0)
+        BLIP_SECONDS.labels(**dep)
+    for command in COMMANDS:
+        for outcome in OUTCOMES:
+            BROADCASTS.labels(**labels, command=command, outcome=outcome).inc(0)
+    PAUSED.labels(**labels)
+    DEGRADED.labels(**labels)
+    WORKERS_NOT_CONSUMING.labels(**labels)
 
 
 def forget(namespace: str, guard: str) -> None:

@@ -84,6 +84,7 @@ class GuardRuntime:
             return
         old = self.spec
         self.spec = spec
+        metrics.initialize(self._labels["namespace"], self._labels["guard"], [d.kind for d in spec.dependencies])
         if self.state is None:
             self.state = initial_state(spec.settings)
         if old is None or old.pause != spec.pause:
