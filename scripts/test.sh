@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: sets up what it needs, then runs a deliberate matrix of pytest
 # processes, one platform version each (one Django per process):
-#   .venv-pre    --platform pre-fix : incident, chaos, checks, pause (not outage), refapp
+#   .venv-pre    --platform pre-fix : incident, chaos, checks, pause (not outage), refapp,
+#                                     worker metrics and Sentry (sentry-sdk 1.40, the platform's pin)
 #   .venv-pinned --platform current : incident, smoke, checks, refapp
 #   .venv        --platform current : everything (the full chaos suite, outages, kube)
 #   .venv        --platform pre-fix : smoke, refapp, the operator-guarded job
@@ -27,7 +28,7 @@ run() {  # run LABEL VENV PYTEST-ARGS...
 }
 
 run "pre-fix releases, pre-fix platform" .venv-pre --platform pre-fix \
-    -m "incident or chaos or checks or (pause and not outage) or refapp" "$@"
+    -m "incident or chaos or checks or (pause and not outage) or refapp or (observability and stack)" "$@"
 run "pinned releases, current platform" .venv-pinned --platform current \
     -m "incident or smoke or checks or refapp" "$@"
 run "current releases, current platform: whole suite" .venv --platform current "$@"
