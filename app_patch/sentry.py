@@ -29,15 +29,13 @@ from . import context
 from .classify import Kind, classify
 from .errors import describe
 from .pause import board
+from .scrub import scrub
 
 logger = logging.getLogger(__name__)
 
-FILTERED = "[Filtered]"
 TAG = "blipguard."
 JOB_LOGGER = re.compile(r"^ami\.jobs\.\d+$")
 OPERATOR_BLIP = re.compile(r"^blip (\S+):")
-URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
-SECRET_KEY = re.compile(r"pass|secret|token|auth|cookie|dsn|api_?key|credential|session", re.I)
 TERMINAL_LINES = (("Retries exhausted", "retries_exhausted"), ("Redis state missing", "state_missing"),
                   ("Job state keys not found", "state_missing"))
 
@@ -255,27 +253,3 @@ def _tagged(event: dict, kind: str, fingerprint: list, level: str, tags: dict, r
     if run is not None:
         event["contexts"] = {**(event.get("contexts") or {}), **_contexts(run.job_id)}
     return event
-
-
-def scrub(value, key: str = ""):
-    """Task arguments, request bodies, URL passwords and secret-looking keys, everywhere."""
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            ks = str(k)
-            if ks in ("args", "kwargs") and key == "celery-job":
-                out[k] = FILTERED
-            elif ks == "data" and key == "request":
-                out[k] = FILTERED
-            elif SECRET_KEY.search(ks) and isinstance(v, (str, bytes, int, float)) and v not in ("", None):
-                out[k] = FILTERED
-            else:
-                out[k] = scrub(v, ks)
-        return out
-    if isinstance(value, list):
-        return [scrub(v, key) for v in value]
-    if isinstance(value, tuple):
-        return tuple(scrub(v, key) for v in value)
-    if isinstance(value, str):
-        return URL_PASSWORD.sub(r"\1" + FILTERED + "@", value)
-    return value

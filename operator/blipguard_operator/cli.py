@@ -24,6 +24,9 @@ def parser() -> argparse.ArgumentParser:
                      help="server-side label selector of the pods watched (default: "
                           "'app.kubernetes.io/name in (redis,nats)'; guards' selectors must fall inside it; "
                           "'' watches every pod)")
+    run.add_argument("--sentry-dsn", default=os.environ.get("SENTRY_DSN") or None,
+                     help="report blips and degraded guards to Sentry (default: env SENTRY_DSN; needs sentry-sdk)")
+    run.add_argument("--sentry-environment", default=os.environ.get("SENTRY_ENVIRONMENT") or None)
     run.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -39,7 +42,7 @@ def main(argv: list[str]) -> int:
     import kopf
 
     from . import main as _wiring  # noqa: F401 - registers the handlers
-    from . import metrics
+    from . import metrics, sentry_events
     from .handlers import startup
 
     if args.pod_selector is not None:
@@ -50,6 +53,10 @@ def main(argv: list[str]) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     if not args.verbose:  # one line per pod event otherwise ("Handler 'pod_event' succeeded.")
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        sentry_events.setup(args.sentry_dsn, args.sentry_environment)
+    except sentry_events.SentrySetupError as e:
+        parser().error(str(e))
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     kopf.run(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from . import metrics
+from . import metrics, sentry_events
 from .blip import GuardState, initial_state, step
 from .channels import CeleryChannel, NatsChannel, not_consuming
 from .model import (
@@ -60,6 +60,7 @@ class GuardRuntime:
         self._broker_url: str | None = None  # from the guard's Secret
         self._written: dict | None = None
         self._labels = {"namespace": namespace, "guard": name}
+        self._blip_dependencies: dict[str, str] = {}  # blip id -> dependency, for reports after it ended
 
     # -- inputs ------------------------------------------------------------------
     def watches(self, namespace: str, labels: dict) -> list[WatchedDependency]:
@@ -147,6 +148,9 @@ class GuardRuntime:
             if old is not None and (new is None or new.uid != old.uid or new.restarts != old.restarts
                                     or (old.healthy and not new.healthy)):
                 metrics.RESTARTS_SEEN.labels(**self._labels, dependency=str(event.dependency)).inc()
+        if after.blip is not None:
+            self._blip_dependencies = {**dict(list(self._blip_dependencies.items())[-15:]),
+                                       after.blip.id: str(after.blip.dependency)}
         if after.counters.blips_seen > before.counters.blips_seen and after.blip is not None:
             metrics.BLIPS.labels(**self._labels, dependency=str(after.blip.dependency)).inc()
         if before.blip is not None and after.blip is None and after.counters.last_blip_seconds is not None:
@@ -155,11 +159,19 @@ class GuardRuntime:
         metrics.PAUSED.labels(**self._labels).set(1 if after.phase is Phase.PAUSED else 0)
         metrics.DEGRADED.labels(**self._labels).set(1 if after.phase is Phase.DEGRADED else 0)
 
+    def _dependency_of(self, blip_id: str | None) -> str | None:
+        blip = self.state.blip if self.state is not None else None
+        if blip is not None and (blip_id is None or blip.id == blip_id):
+            return str(blip.dependency)
+        return self._blip_dependencies.get(blip_id) if blip_id else None
+
     # -- actions -------------------------------------------------------------------
     async def _do(self, action) -> None:
         if isinstance(action, Report):
             prefix = f"[{action.blip_id}] " if action.blip_id else ""
             self.emit("Warning" if action.warning else "Normal", str(action.reason), prefix + action.message)
+            sentry_events.report(self.namespace, self.name, action.reason, self._dependency_of(action.blip_id),
+                                 action.blip_id, action.message)
         elif isinstance(action, (Pause, Renew)):
             await self._pause(action)
         elif isinstance(action, ResumeCelery):

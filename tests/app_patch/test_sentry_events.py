@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from blipguard.app_patch import context, sentry
+from blipguard.app_patch.scrub import scrub
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +74,7 @@ def test_secrets_and_payloads_are_scrubbed_everywhere():
         "exception": {"values": [{"value": "cannot connect to amqp://user:SECRET@rabbit:5672//"}]},
         "breadcrumbs": {"values": [{"message": "redis://:SECRET@redis:6379/0 down", "data": {"password": "SECRET"}}]},
     }
-    out = sentry.scrub(event)
+    out = scrub(event)
     assert "PAYLOAD" not in repr(out) and "SECRET" not in repr(out)
     assert out["extra"]["celery-job"]["task_name"] == "t"
     assert "amqp://user:[Filtered]@rabbit:5672//" in out["exception"]["values"][0]["value"]

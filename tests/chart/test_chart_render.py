@@ -124,8 +124,13 @@ def test_the_deployment_runs_one_standalone_operator_on_its_real_flags_and_probe
 
 
 def test_values_reach_the_command_line(helm4: Helm):
-    args = _cli_args(helm4.template("--values", str(ALL_ON)))
+    objects = helm4.template("--values", str(ALL_ON))
+    args = _cli_args(objects)
     assert args.namespace == ["ml", "ml-staging"]
+    env = {e["name"]: e for e in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SENTRY_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "blipguard-sentry", "key": "dsn"}}
+    assert env["SENTRY_ENVIRONMENT"]["value"] == "production"
+    assert "SENTRY_DSN" not in str(helm4.template()), "no Sentry unless a DSN Secret is named"
     assert args.pod_selector == "app.kubernetes.io/name in (redis,nats,valkey)" and args.verbose
     args = _cli_args(helm4.template("--set", "operator.clusterWide=true,operator.metricsPort=9100,"
                                             "operator.probePort=8181,operator.podSelector="))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from blipguard.app_patch.pause import client as fleet
 from blipguard.localstack.guard_operator import OPERATOR_SA, OperatorProcess, guard_path, operator_kubeconfig
 from blipguard.localstack.podmirror import PodMirror
 from blipguard.localstack.procs import wait_until
+from blipguard.localstack.sentry_sink import SentrySink
 from blipguard.operator import crd, rbac
 from blipguard.operator.kube_setup import install_crd
 
@@ -69,10 +71,19 @@ USERS: list[str] = []  # the operator's ServiceAccounts over this module, for th
 
 
 @pytest.fixture
-def operator(kube, namespace, crd_installed, tmp_path):
+def sentry_sink():
+    """Where the operators of these tests send their Sentry events (a local envelope endpoint)."""
+    with SentrySink() as sink:
+        yield sink
+    assert not sink.errors, sink.errors
+
+
+@pytest.fixture
+def operator(kube, namespace, crd_installed, tmp_path, sentry_sink):
     kubeconfig = operator_kubeconfig(kube, namespace, tmp_path / "operator.kubeconfig")
     USERS.append(f"system:serviceaccount:{namespace}:{OPERATOR_SA}")
-    op = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator")
+    op = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator",
+                         env={**os.environ, "SENTRY_DSN": sentry_sink.dsn})
     try:
         yield op.start()
     finally:
@@ -145,7 +156,7 @@ def redis_down(stack):
 
 
 def test_a_redis_restart_pauses_every_worker_and_resumes_after_the_settle_time(
-        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
+        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform, sentry_sink):
     make_guard(kube, namespace, platform.result_queue)
     wait_until(lambda: guard_status(kube, namespace).get("phase") == "watching", 30, "the guard to watch")
     assert set(fleet_paused(app).values()) == {False}
@@ -183,6 +194,12 @@ def test_a_redis_restart_pauses_every_worker_and_resumes_after_the_settle_time(
     assert operator.metric("blipguard_operator_paused", **labels) == 0
     assert operator.metric("blipguard_operator_broadcasts_total", command="pause", outcome="ok", **labels) == 1
     assert operator.metric("blipguard_operator_workers_confirmed", command="pause", **labels) == WORKERS
+    # Sentry: the blip's start and end, one issue per (event, dependency), the blip id as a tag.
+    sent = sentry_sink.wait_for(lambda ev: len(ev) >= 2 and ev, 15, "the blip's Sentry events")
+    assert [e["fingerprint"] for e in sent] == [["blipguard-operator", "BlipStarted", "redis"],
+                                                ["blipguard-operator", "Recovered", "redis"]]
+    assert [e["level"] for e in sent] == ["warning", "info"]
+    assert all(e["tags"]["blipguard.blip"] == blip_id and e["tags"]["blipguard.guard"] == "fleet" for e in sent)
 
 
 def test_a_restart_without_a_readiness_flip_still_pauses_briefly(
