@@ -3,7 +3,7 @@
 from .diagnosis import FINAL_STATUSES
 from .errors import describe
 
-__all__ = ["FINAL_STATUSES", "held_back", "host_retry", "recovered", "retries_exhausted", "transient", "transient_acked"]
+__all__ = ["FINAL_STATUSES", "held_back", "host_retry", "recovered", "resumed", "retries_exhausted", "transient", "transient_acked"]
 
 
 def transient(dependency: str, operation: str, cause, attempt: int, max_retries: int, next_in: float) -> str:
@@ -36,6 +36,13 @@ def recovered(dependency: str, retries: int, seconds: float) -> str:
 def retries_exhausted(retries: int, seconds: float | None, dependency: str, cause) -> str:
     over = f" over {seconds:.1f}s" if seconds is not None else ""
     return f"Retries exhausted: gave up after {retries} retries{over}; last cause: {dependency} {describe(cause)}"
+
+
+def resumed(dependency: str, reason: str, waited: float) -> str:
+    return (
+        f"Resumed after the pause for {dependency} ({reason}): held results are processed again "
+        f"(this one waited {waited:.0f}s); no images lost."
+    )
 
 
 def held_back(dependency: str, reason: str, exc=None) -> str:

@@ -77,6 +77,10 @@ def _run(task, original, host, args, kwargs):
     breaker.on_success()
     sentry.on_success()
     metrics.inc("results_processed")
+    held = info.get("held")
+    if held and board.first_time(f"resumed:{job_id}:{held.get('reason', '')}"):
+        host.job_logger(job_id).info(messages.resumed(held.get("dependency", "a dependency"), held.get("reason", ""),
+                                                      time.time() - held.get("since", time.time())))
     if info.get("first_failure"):
         waited = time.time() - info["first_failure"]
         host.job_logger(job_id).info(messages.recovered(info.get("dependency", "a dependency"), task.request.retries, waited))
@@ -198,7 +202,9 @@ def _hold_back(task, host, job_id: int, info: dict, held: dict, exc: BaseExcepti
     from celery.exceptions import Ignore
 
     req = task.request
-    options = {"headers": {HEADER: info}} if info else {}
+    info = {**info, "held": info.get("held") or {"dependency": held["dependency"], "reason": held["reason"],
+                                                 "since": time.time()}}
+    options = {"headers": {HEADER: info}}
     task.signature_from_request(req, req.args, req.kwargs, retries=req.retries, **options).apply_async()
     metrics.inc("results_held_back", dependency=metrics.dependency_label(held["dependency"]))
     host.job_logger(job_id).info(messages.held_back(held["dependency"], held["reason"], exc))

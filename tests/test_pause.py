@@ -145,6 +145,14 @@ def test_held_back_results_touch_no_redis_while_paused(stack, redis_direct, app,
     outcome = collect(job.pk, redis_direct, image_ids)
     assert (outcome.processed, outcome.failed) == (n_now + n_eta, 0)
     assert outcome.detections == outcome.expected_detections == outcome.detections_counter
+    # The job's own log tells the story, once per worker for the resume. (The pre-fix job log
+    # is one JSON field rewritten per line without a lock: the workers' output counts too.)
+    worker_log = "".join(workers.logs(h) for h in workers.hostnames)
+    for line in ("Result held back: workers are paused while redis is down (test: hold-back)",
+                 "Resumed after the pause for redis (test: hold-back): held results are processed again"):
+        assert outcome.log_contains(line) or line in worker_log, line
+    resumed = [line for line in outcome.log if "Resumed after the pause" in line]
+    assert 0 < len(resumed) <= WORKERS or (not resumed and "Resumed after the pause" in worker_log), resumed
 
 
 def test_a_lease_that_is_not_renewed_expires(stack, app, workers, consuming):

@@ -192,6 +192,22 @@ def pause_span() -> dict:
     return {"paused_since": span.get("since"), "last": tuple(last) if last else None}
 
 
+def first_time(key: str, keep: int = 64) -> bool:
+    """True for the first caller on this worker (all its prefork children) to ask with
+    ``key``; the last ``keep`` keys are remembered. True without a board."""
+    if _board is None:
+        return True
+    first: list[bool] = []
+
+    def claim(data: dict) -> dict:
+        seen = data.get("once") or []
+        first.append(key not in seen)
+        return data if key in seen else {**data, "once": (seen + [key])[-keep:]}
+
+    _board.update(claim)
+    return first[0]
+
+
 def in_blip(now: float | None = None) -> bool:
     """This worker is in a blip: paused, or in a streak of transient errors no result has
     ended yet (the breaker's count)."""
