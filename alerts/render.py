@@ -109,7 +109,7 @@ unless on (dependency)
 (
     max by (dependency) (increase({BLIP_SERIES}[15m]) > 0)
   or
-    max by (dependency) ({BLIP_SERIES} unless {BLIP_SERIES} offset 15m)
+    max by (dependency) (({BLIP_SERIES} > 0) unless {BLIP_SERIES} offset 15m)
   or
     max by (dependency) (min_over_time({DEPENDENCY_UP}{{{OPERATOR}}}[15m]) == 0)
 )
@@ -174,7 +174,7 @@ def operator_alerts() -> list[dict]:
             f"""
 sum by (namespace, guard, command) (increase({FAILED_BROADCASTS}[15m])) > 0
 or
-sum by (namespace, guard, command) ({FAILED_BROADCASTS} unless {FAILED_BROADCASTS} offset 15m)
+sum by (namespace, guard, command) (({FAILED_BROADCASTS} > 0) unless {FAILED_BROADCASTS} offset 15m)
 """,
             "warning",
             "The guard's pause-channel commands are failing.",

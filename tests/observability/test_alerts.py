@@ -620,14 +620,20 @@ MUTANTS = {
     "flapping threshold": (">= 3", ">= 5", "BlipguardDependencyFlapping"),
     "ordinary failures only": (',during_blip="false"}', "}", "BlipguardJobFailedTerminally"),
     "blind: per dependency": ("unless on (dependency)", "unless on ()", "BlipguardGuardBlind"),
-    "blind: new blip series": ('max by (dependency) (blipguard_operator_blips_total{job="blipguard-operator"} unless',
-                               'max by (dependency) (blipguard_operator_blips_total{job="blipguard-operator"} and',
-                               "BlipguardGuardBlind"),
+    "blind: new blip series": ('max by (dependency) ((blipguard_operator_blips_total{job="blipguard-operator"} > 0) '
+                               'unless', 'max by (dependency) ((blipguard_operator_blips_total{job="blipguard-operator"}'
+                               ' > 0) and', "BlipguardGuardBlind"),
+    "blind: zero-born series": ('max by (dependency) ((blipguard_operator_blips_total{job="blipguard-operator"} > 0)',
+                                'max by (dependency) ((blipguard_operator_blips_total{job="blipguard-operator"} >= 0)',
+                                "BlipguardGuardBlind"),
     "blind: blips counted": ('max by (dependency) (increase(blipguard_operator_blips_total{job="blipguard-operator"}'
                              '[15m]) > 0)', 'max by (dependency) (vector(0) < 0)', "BlipguardGuardBlind"),
     "blind: pods unhealthy": ("[15m]) == 0)", "[15m]) < 0)", "BlipguardGuardBlind"),
     "blind: paused": ("[15m])) == 1", "[15m])) == 2", "BlipguardGuardBlind"),
-    "first failed broadcast": ('outcome="failed"} unless', 'outcome="failed"} and', "BlipguardPauseBroadcastFailing"),
+    "first failed broadcast": ('outcome="failed"} > 0) unless', 'outcome="failed"} > 0) and',
+                               "BlipguardPauseBroadcastFailing"),
+    "zero-born failed series": ('outcome="failed"} > 0) unless', 'outcome="failed"} >= 0) unless',
+                                "BlipguardPauseBroadcastFailing"),
 }
 
 
