@@ -48,8 +48,8 @@ SPECS = (
          ("dependency",)),
     Spec(PREFIX + "results_held_back", "counter", "Results sent back to the queue untouched while paused.",
          ("dependency",)),
-    Spec(PREFIX + "job_failures", "counter", "Jobs failed terminally by the result path, by reason and "
-         "whether this worker was in a blip (paused, or in a streak of transient errors).",
+    Spec(PREFIX + "job_failures", "counter", "Jobs failed terminally by the result path (once per worker host "
+         "and job), by reason and whether this worker was in a blip (paused, or in a streak of transient errors).",
          ("reason", "during_blip")),
     Spec(PREFIX + "worker_paused", "gauge", "1 while this worker holds its result queues paused."),
 )
@@ -122,7 +122,14 @@ def inc(name: str, **labels: str) -> None:
         logger.exception("could not count %s%s", name, labels)
 
 
-def job_failed(reason: str, during_blip: bool) -> None:
+def job_failed(reason: str, during_blip: bool, job_id: int | None = None) -> None:
+    """Count a job failed by the result path, once per worker host and job: several prefork
+    children can find the same job's state gone before the job is marked FAILURE."""
+    if job_id is not None:
+        from .pause import board
+
+        if not board.first_time(f"failed:{job_id}"):
+            return
     inc("job_failures", reason=reason, during_blip="true" if during_blip else "false")
 
 

@@ -188,7 +188,7 @@ def _give_up(task, host, job_id: int, cause, dependency: str, info: dict, second
     # A streak of transient errors is what exhausts retries: only a pause in force (the
     # results should have been held back, not retried) makes this one "during a blip".
     during_blip = board.paused_for() is not None
-    metrics.job_failed("retries_exhausted", during_blip)
+    metrics.job_failed("retries_exhausted", during_blip, job_id)
     message = messages.retries_exhausted(task.request.retries, seconds, dependency, cause)
     run = context.current()
     sentry.terminal("retries_exhausted", dependency, run.stage if run else None, f"Job {job_id} failed: {message}",

@@ -185,7 +185,7 @@ def _report_missing(manager, stage: str, host, run) -> None:
     level = logging.INFO if facts.job_status in FINAL_STATUSES else logging.WARNING
     if level == logging.WARNING:
         during_blip = board.in_blip()
-        metrics.job_failed("state_missing", during_blip)
+        metrics.job_failed("state_missing", during_blip, manager.job_id)
         sentry.terminal("state_missing", "redis", stage, f"Job {manager.job_id} failed: Job state keys not found in "
                         f"Redis: {why}", sentry.current_retries(), manager.job_id, during_blip)
     host.job_logger(manager.job_id).log(level, f"Job state keys not found in Redis (stage={stage}): {why}")
