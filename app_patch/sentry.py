@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 TAG = "blipguard."
 JOB_LOGGER = re.compile(r"^ami\.jobs\.\d+$")
 OPERATOR_BLIP = re.compile(r"^blip (\S+):")
+# The platform's API logs its NATS reserve failures at ERROR with the bare exception, which is
+# empty for a fetch from a paused consumer: one line per poll of every processing service.
+RESERVE_FAILED = re.compile(r"^Failed to reserve tasks for job ")
 TERMINAL_LINES = (("Retries exhausted", "retries_exhausted"), ("Redis state missing", "state_missing"),
                   ("Job state keys not found", "state_missing"))
 
@@ -74,6 +77,7 @@ def _operator_blip() -> str | None:
 
 
 QUIET = 10.0  # s without a transient error before a result going through ends the blip
+GAP = 120.0  # s without a transient error: a new blip (processes where no result goes through)
 
 
 def claim_blip(dependency: str, now: float | None = None) -> tuple[str, bool]:
@@ -84,7 +88,9 @@ def claim_blip(dependency: str, now: float | None = None) -> tuple[str, bool]:
 
     def claim(data: dict) -> dict:
         state = data.get("sentry") or {"streaks": {}, "sent": []}
-        streak = state["streaks"].get(dependency) or {"since": now}
+        streak = state["streaks"].get(dependency)
+        if streak is None or now - streak["last"] > GAP:
+            streak = {"since": now}
         streaks = {**state["streaks"], dependency: {**streak, "last": now}}
         key = blip or f"{dependency}-{round(streak['since'] * 1000)}"
         first = key not in state["sent"]
@@ -224,6 +230,12 @@ def _from_log(event: dict, hint: dict) -> dict | None:
                 return None
             return _tagged(event, "terminal", ["blipguard", "terminal", reason], "error",
                            {TAG + "reason": reason, TAG + "kind": "terminal"}, run)
+    if RESERVE_FAILED.match(message) and (record.name or "").endswith("nats_queue"):
+        blip, first = claim_blip("nats")
+        if not first:
+            return None
+        return _tagged(event, "transient", ["blipguard", "transient", "nats"], "warning",
+                       _tags("transient", "nats", "reserve", True, 0, blip), run)
     # The pre-fix body logs a swallowed error without its traceback: the run noted it.
     exc = record.exc_info[1] if record.exc_info else (run.transient if run is not None else None)
     if exc is not None:

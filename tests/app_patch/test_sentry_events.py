@@ -78,3 +78,16 @@ def test_secrets_and_payloads_are_scrubbed_everywhere():
     assert "PAYLOAD" not in repr(out) and "SECRET" not in repr(out)
     assert out["extra"]["celery-job"]["task_name"] == "t"
     assert "amqp://user:[Filtered]@rabbit:5672//" in out["exception"]["values"][0]["value"]
+
+
+def test_the_apis_reserve_failures_are_one_transient_nats_event_per_blip():
+    line = record("ami.ml.orchestration.nats_queue", "Failed to reserve tasks for job '4': ")
+    first = sentry.process_event({"level": "error"}, {"log_record": line})
+    assert first["fingerprint"] == ["blipguard", "transient", "nats"] and first["level"] == "warning"
+    assert sentry.process_event({"level": "error"}, {"log_record": line}) is None
+
+
+def test_a_long_gap_starts_a_new_blip_where_no_result_ends_it():
+    key, _ = sentry.claim_blip("nats", now=0.0)
+    assert sentry.claim_blip("nats", now=100.0) == (key, False)
+    assert sentry.claim_blip("nats", now=100.0 + sentry.GAP + 1)[1]
