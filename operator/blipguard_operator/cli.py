@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
                      help="server-side label selector of the pods watched (default: "
                           "'app.kubernetes.io/name in (redis,nats)'; guards' selectors must fall inside it; "
                           "'' watches every pod)")
+    run.add_argument("--watch-timeout", type=int, default=60,
+                     help="seconds the API server keeps a quiet watch open before the operator renews it")
     run.add_argument("--sentry-dsn", default=os.environ.get("SENTRY_DSN") or None,
                      help="report blips and degraded guards to Sentry (default: env SENTRY_DSN; needs sentry-sdk)")
     run.add_argument("--sentry-environment", default=os.environ.get("SENTRY_ENVIRONMENT") or None)
@@ -47,6 +49,9 @@ def main(argv: list[str]) -> int:
 
     if args.pod_selector is not None:
         startup.pod_selector = args.pod_selector
+    if args.watch_timeout < 1:
+        parser().error(f"--watch-timeout must be >= 1 second, got {args.watch_timeout}")
+    startup.watch_server_timeout = args.watch_timeout
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -256,6 +256,48 @@ def test_a_killed_operator_leaves_no_pause_behind_and_a_restarted_one_picks_the_
     assert set(fleet_paused(app).values()) == {False}
 
 
+def test_a_quiet_cluster_stays_healthy_and_watched(
+        kube, namespace, crd_installed, stack, stack_mirror, broker_secret, workers, app, platform, tmp_path):
+    """Nothing happens for several of the API server's watch timeouts: the probe answers all
+    along, the quiet watches are renewed (the audit log), and the next blip is still seen."""
+    user = f"system:serviceaccount:{namespace}:{OPERATOR_SA}"
+    USERS.append(user)
+    op = OperatorProcess(operator_kubeconfig(kube, namespace, tmp_path / "operator.kubeconfig"), [namespace],
+                         tmp_path / "operator", extra_args=["--watch-timeout", "2"])
+    try:
+        op.start()
+        make_guard(kube, namespace, platform.result_queue)
+        wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
+        quiet_from = time.time()
+        unhealthy = []
+        deadline = time.monotonic() + 8.0  # four server-side watch timeouts with no pod event
+        while time.monotonic() < deadline:
+            if op.healthz() is None:
+                unhealthy.append(round(time.monotonic() - deadline, 1))
+            time.sleep(0.2)
+        assert unhealthy == [], f"the probe failed in a quiet cluster at {unhealthy}"
+
+        def pod_watches() -> int:
+            return sum(1 for e in kube.audit_events()
+                       if (e.get("user") or {}).get("username") == user and e.get("verb") == "watch"
+                       and (e.get("objectRef") or {}).get("resource") == "pods" and e.get("stage") == "ResponseStarted"
+                       and _audit_time(e) >= quiet_from)
+        assert wait_until(lambda: pod_watches() >= 3, 10, "the quiet pod watch renewed by its timeout"), pod_watches()
+        with redis_down(stack):
+            wait_until(everyone_paused(app), 20, "every worker paused after the quiet spell")
+        wait_until(nobody_paused(app), 30, "every worker resumed")
+    finally:
+        op.stop()
+        print(f"\n--- operator log tail\n{op.log_tail(2000)}")
+
+
+def _audit_time(event: dict) -> float:
+    import datetime
+
+    stamp = event.get("stageTimestamp") or event.get("requestReceivedTimestamp") or ""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else 0.0
+
+
 def test_nats_box_and_unrelated_pods_never_pause(
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
     make_guard(kube, namespace, platform.result_queue, kinds=("redis", "nats"))

@@ -16,13 +16,14 @@ FINALIZER = "blipguard.io/guard-daemon"
 # bookkeeping is what costs memory); guards' selectors narrow it further. '' watches all.
 DEFAULT_POD_SELECTOR = "app.kubernetes.io/name in (redis,nats)"
 pod_selector = DEFAULT_POD_SELECTOR
+watch_server_timeout = 60  # s; --watch-timeout
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
     # A restarted or unreachable API server is noticed within seconds, not minutes; a
     # quiet watch is renewed by the server's own timeout, so silence is never "dead".
-    settings.watching.server_timeout = 60
-    settings.watching.client_timeout = 90
+    settings.watching.server_timeout = watch_server_timeout
+    settings.watching.client_timeout = watch_server_timeout + 30
     settings.watching.connect_timeout = 5
     settings.watching.reconnect_backoff = 1.0
     # Explicit namespaces only, no cluster-wide Namespace/CRD watches: least privilege

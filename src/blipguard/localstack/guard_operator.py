@@ -35,13 +35,15 @@ def guard_path(namespace: str, name: str = "") -> str:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, namespaces: list[str], workdir: Path, env: dict[str, str] | None = None):
+    def __init__(self, kubeconfig: Path, namespaces: list[str], workdir: Path, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None):
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "operator.log"
         self.env = env
+        self.extra_args = list(extra_args or [])
         self.proc = None
         self.metrics_port = 0
         self.probe_port = 0
@@ -54,6 +56,7 @@ class OperatorProcess:
                 "--liveness", f"http://127.0.0.1:{self.probe_port}/healthz"]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
+        argv += self.extra_args
         self.starts += 1
         with open(self.log_path, "a") as f:
             f.write(f"\n===== start {self.starts}\n")
