@@ -28,7 +28,7 @@ run() {  # run LABEL VENV PYTEST-ARGS...
 }
 
 run "pre-fix releases, pre-fix platform" .venv-pre --platform pre-fix \
-    -m "incident or chaos or checks or (pause and not outage) or refapp or (observability and stack)" "$@"
+    -m "incident or chaos or checks or (pause and not outage) or refapp or (observability and stack and not kube)" "$@"
 run "pinned releases, current platform" .venv-pinned --platform current \
     -m "incident or smoke or checks or refapp" "$@"
 run "current releases, current platform: whole suite" .venv --platform current "$@"
