@@ -36,9 +36,15 @@ logger = logging.getLogger(__name__)
 TAG = "blipguard."
 JOB_LOGGER = re.compile(r"^ami\.jobs\.\d+$")
 OPERATOR_BLIP = re.compile(r"^blip (\S+):")
-# The platform's API logs its NATS reserve failures at ERROR with the bare exception, which is
-# empty for a fetch from a paused consumer: one line per poll of every processing service.
-RESERVE_FAILED = re.compile(r"^Failed to reserve tasks for job ")
+# Transient trouble the host and its libraries log at ERROR without a traceback, one line per
+# poll or retry: (logger name suffix, message start, dependency). The platform's API logs its
+# NATS reserve failures with the bare exception (empty for a fetch from a paused consumer);
+# Celery's Redis result backend logs each reconnection attempt.
+TRANSIENT_LINES = (
+    ("nats_queue", re.compile(r"^Failed to reserve tasks for job "), "nats"),
+    ("celery.backends.redis", re.compile(r"^(Connection to Redis lost|Retry limit exceeded while trying to reconnect)"),
+     "redis"),
+)
 TERMINAL_LINES = (("Retries exhausted", "retries_exhausted"), ("Redis state missing", "state_missing"),
                   ("Job state keys not found", "state_missing"))
 
@@ -230,12 +236,15 @@ def _from_log(event: dict, hint: dict) -> dict | None:
                 return None
             return _tagged(event, "terminal", ["blipguard", "terminal", reason], "error",
                            {TAG + "reason": reason, TAG + "kind": "terminal"}, run)
-    if RESERVE_FAILED.match(message) and (record.name or "").endswith("nats_queue"):
-        blip, first = claim_blip("nats")
-        if not first:
-            return None
-        return _tagged(event, "transient", ["blipguard", "transient", "nats"], "warning",
-                       _tags("transient", "nats", "reserve", True, 0, blip), run)
+    for suffix, pattern, dependency in TRANSIENT_LINES:
+        if (record.name or "").endswith(suffix) and pattern.match(record.msg if isinstance(record.msg, str)
+                                                                   else message):
+            blip, first = claim_blip(dependency)
+            if not first:
+                return None
+            return _tagged(event, "transient", ["blipguard", "transient", dependency], "warning",
+                           _tags("transient", dependency, run.stage if run else None, True, current_retries(), blip),
+                           run)
     # The pre-fix body logs a swallowed error without its traceback: the run noted it.
     exc = record.exc_info[1] if record.exc_info else (run.transient if run is not None else None)
     if exc is not None:

@@ -91,3 +91,11 @@ def test_a_long_gap_starts_a_new_blip_where_no_result_ends_it():
     key, _ = sentry.claim_blip("nats", now=0.0)
     assert sentry.claim_blip("nats", now=100.0) == (key, False)
     assert sentry.claim_blip("nats", now=100.0 + sentry.GAP + 1)[1]
+
+
+def test_celerys_redis_backend_reconnect_lines_are_one_transient_redis_event_per_blip():
+    line = logging.LogRecord("celery.backends.redis", logging.ERROR, __file__, 1,
+                             "Connection to Redis lost: Retry (%s/%s) %s.", (0, 20, "now"), None)
+    first = sentry.process_event({"level": "error"}, {"log_record": line})
+    assert first["fingerprint"] == ["blipguard", "transient", "redis"] and first["level"] == "warning"
+    assert sentry.process_event({"level": "error"}, {"log_record": line}) is None
