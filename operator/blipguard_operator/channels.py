@@ -184,6 +184,17 @@ class NatsChannel:
             self.paused.discard((stream, consumer))
         return done, errors
 
+    async def adopt_paused(self) -> list[tuple[str, str]]:
+        """Take over the job consumers that are paused now (by a predecessor of this process)."""
+        nc = await self._conn()
+        found = []
+        for stream, consumer in await self.consumers():
+            msg = await nc.request(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=2)
+            if json.loads(msg.data or b"{}").get("paused"):
+                self.paused.add((stream, consumer))
+                found.append((stream, consumer))
+        return found
+
     async def ack_pending(self) -> int:
         """Tasks handed out by the paused consumers and not acked yet: their results are
         still on their way (held in the broker, or being saved). Resuming before they are

@@ -72,6 +72,14 @@ class StatusField(StrEnum):
     WORKERS_CONFIRMED = "workersConfirmed"
     FORCE_RESUME_HANDLED = "forceResumeHandled"  # the FORCE_RESUME_ANNOTATION value acted on
     CONDITIONS = "conditions"
+    DRAIN = "drain"  # NATS held while a resumed blip's results drain
+
+
+class DrainField(StrEnum):
+    """Keys of ``status.drain``: the blip whose held results are draining."""
+
+    BLIP_ID = "blipId"
+    SINCE = "since"  # RFC 3339
 
 
 class BlipField(StrEnum):
@@ -308,6 +316,14 @@ def _status_schema() -> dict:
                     BlipField.DEPENDENCY: {"type": "string", "enum": [d.value for d in Dependency]},
                     BlipField.REASON: {"type": "string"},
                     BlipField.SINCE: {"type": "string", "format": "date-time"},
+                },
+            },
+            StatusField.DRAIN: {
+                "type": "object", "nullable": True,
+                "description": "Celery resumed; the job consumers stay paused until these held results drain.",
+                "properties": {
+                    DrainField.BLIP_ID: {"type": "string"},
+                    DrainField.SINCE: {"type": "string", "format": "date-time"},
                 },
             },
             StatusField.COUNTERS: {"type": "object", "properties": {c.value: count for c in Counter}},

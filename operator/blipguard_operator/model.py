@@ -202,6 +202,7 @@ class ReportReason(StrEnum):
     NATS_RESUMED = "NatsResumed"
     FORCE_RESUMED = "ForceResumed"
     MODE_CHANGED = "ModeChanged"
+    RESTORED = "Restored"  # a restarted operator took the blip up again from status
 
 
 _WARNINGS = frozenset({ReportReason.BLIP_STARTED, ReportReason.DEGRADED, ReportReason.FORCE_RESUMED})

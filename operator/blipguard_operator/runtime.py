@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from . import metrics, sentry_events
-from .blip import GuardState, initial_state, step
+from .blip import GuardState, step
 from .channels import CeleryChannel, NatsChannel, not_consuming
 from .model import (
     CheckConsuming,
@@ -32,7 +32,7 @@ from .model import (
     Tick,
 )
 from .spec import GuardSpec, WatchedDependency
-from .status import Observations, build
+from .status import Observations, build, restore
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,10 @@ Emit = Callable[[str, str, str], None]  # (type Normal/Warning, reason, message)
 
 class GuardRuntime:
     def __init__(self, namespace: str, name: str, emit: Emit,
-                 patch_status: Callable[[dict], Awaitable[None]], secret: Callable[[str, str], Awaitable[str]]):
+                 patch_status: Callable[[dict], Awaitable[None]], secret: Callable[[str, str], Awaitable[str]],
+                 status: dict | None = None):
         self.namespace, self.name = namespace, name
+        self._status_at_start = status  # what a predecessor left: a blip to take up again
         self.emit = emit
         self.patch_status = patch_status
         self.secret = secret
@@ -86,11 +88,20 @@ class GuardRuntime:
         old = self.spec
         self.spec = spec
         metrics.initialize(self._labels["namespace"], self._labels["guard"], [d.kind for d in spec.dependencies])
+        restored: list = []
         if self.state is None:
-            self.state = initial_state(spec.settings)
+            self.state, restored = restore(self._status_at_start, spec.settings, time.time())
+            self._status_at_start = None
         if old is None or old.pause != spec.pause:
             await self._open_channels(spec)
         self.obs.unprotectable = unprotectable(spec, self._broker_url)
+        if self.state.drain is not None and self.nats is not None:
+            try:  # the consumers our predecessor paused are the ones whose acks the drain waits for
+                await self.nats.adopt_paused()
+            except Exception as e:  # noqa: BLE001 - the drain wait times out by itself
+                logger.warning("cannot list the paused job consumers: %s", e)
+        for action in restored:
+            await self._do(action)
 
     async def _open_channels(self, spec: GuardSpec) -> None:
         self.obs.broker_error = None

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
-from .blip import GuardState
-from .model import Phase
+from .blip import Blip, Counters, Drain, GuardState, Step, initial_state
+from .crd import BlipField, Counter, DrainField, StatusField
+from .model import Dependency, GuardSettings, Mode, Phase, Report, ReportReason
 
 
 def rfc3339(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(value) -> float | None:
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -89,8 +98,55 @@ def build(state: GuardState, obs: Observations, now: float, generation: int | No
             "degraded": c.degraded,
             "forcedResumes": c.forced_resumes,
         },
+        "drain": None if state.drain is None else {
+            "blipId": state.drain.blip_id,
+            "since": rfc3339(state.drain.since),
+        },
         "lastBlipSeconds": None if c.last_blip_seconds is None else round(c.last_blip_seconds, 3),
         "workersConfirmed": obs.workers_confirmed,
         "forceResumeHandled": obs.force_resume_handled,
         "conditions": conditions,
     }
+
+
+def restore(status: dict | None, settings: GuardSettings, now: float) -> Step:
+    """The state a restarted operator starts from: the blip (and its pause), the drain and
+    the counters its predecessor wrote to ``status``. A pause taken up again is renewed at
+    the first step (its lease may be about to run out on the workers) and its settle wait
+    starts afresh; a drain's wait starts afresh. Anything unreadable starts clean."""
+    status = status or {}
+    state = initial_state(settings)
+    counts = status.get(StatusField.COUNTERS) or {}
+    last = status.get(StatusField.LAST_BLIP_SECONDS)
+    state = replace(state, counters=Counters(
+        blips_seen=_int(counts.get(Counter.BLIPS)), pauses=_int(counts.get(Counter.PAUSES)),
+        renewals=_int(counts.get(Counter.RENEWALS)), degraded=_int(counts.get(Counter.DEGRADED)),
+        forced_resumes=_int(counts.get(Counter.FORCED_RESUMES)),
+        last_blip_seconds=float(last) if isinstance(last, (int, float)) and last >= 0 else None))
+    phase = status.get(StatusField.PHASE)
+    if phase == Phase.SUSPENDED:
+        return state, []
+    paused = phase == Phase.PAUSED
+    active = replace(state, mode=Mode.ACTIVE)  # only an active guard pauses; a mode changed since
+    # is then handled at the first step
+    blip, drain = status.get(StatusField.BLIP) or {}, status.get(StatusField.DRAIN) or {}
+    since = _epoch(blip.get(BlipField.SINCE))
+    if blip.get(BlipField.ID) and blip.get(BlipField.DEPENDENCY) in set(Dependency) and since is not None:
+        forced = phase == Phase.WATCHING and state.mode is Mode.ACTIVE  # a blip an active guard does not hold
+        state = active if paused else state
+        restored = Blip(str(blip[BlipField.ID]), Dependency(blip[BlipField.DEPENDENCY]),
+                        str(blip.get(BlipField.REASON) or "unknown"), started_at=since, paused=paused,
+                        renewed_at=-math.inf if paused else None, degraded=phase == Phase.DEGRADED, forced=forced)
+        doing = "renewing the pause; the settle wait starts again" if paused else f"phase {phase}"
+        return replace(state, blip=restored), [Report(restored.id, ReportReason.RESTORED,
+                                                      f"operator restarted mid-blip: taken up from status, {doing}")]
+    if paused and drain.get(DrainField.BLIP_ID):
+        blip_id = str(drain[DrainField.BLIP_ID])
+        return replace(active, drain=Drain(blip_id, now)), [Report(
+            blip_id, ReportReason.RESTORED,
+            "operator restarted while the held results drained: NATS stays paused until they have")]
+    return state, []
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0

@@ -256,6 +256,40 @@ def test_a_killed_operator_leaves_no_pause_behind_and_a_restarted_one_picks_the_
     assert set(fleet_paused(app).values()) == {False}
 
 
+def redis_pods_ready(kube, namespace):
+    def ready() -> bool:
+        pods = kube.client.get(f"/api/v1/namespaces/{namespace}/pods",
+                               labelSelector="app.kubernetes.io/name=redis").get("items", [])
+        return bool(pods) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions", []))
+            for p in pods)
+    return ready
+
+
+def test_an_operator_restarted_during_the_settle_wait_takes_the_blip_up_again(
+        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform):
+    make_guard(kube, namespace, platform.result_queue, settleSeconds=10, leaseSeconds=60)
+    wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
+    with redis_down(stack):
+        wait_until(everyone_paused(app), 20, "every worker paused")
+        wait_until(phase_is(kube, namespace, "paused"), 10, "the status to say paused")
+        blip_id = guard_status(kube, namespace)["blip"]["id"]
+    wait_until(redis_pods_ready(kube, namespace), 20, "the Redis pod ready again: the settle wait runs")
+    operator.kill()
+    assert all(fleet_paused(app).values()), "the settle wait ended before the operator was killed"
+    operator.start()
+    restored = wait_event(kube, namespace, "Restored", timeout=30)
+    assert any(blip_id in m and "renewing the pause" in m for m in restored), restored
+    # Resumed by the restarted operator after a fresh settle wait, not by the workers' 60 s lease.
+    wait_until(nobody_paused(app), 40, "the restarted operator to resume the fleet")
+    recovered = wait_event(kube, namespace, "Recovered", timeout=10)
+    assert any(m.startswith(f"[{blip_id}] recovered after") for m in recovered), recovered
+    wait_until(phase_is(kube, namespace, "watching"), 40, "the guard back to watching")
+    status = guard_status(kube, namespace)
+    assert status["counters"]["blips"] == 1 and status["counters"]["renewals"] >= 1, status
+    assert status.get("blip") is None and status.get("drain") is None
+
+
 def test_a_quiet_cluster_stays_healthy_and_watched(
         kube, namespace, crd_installed, stack, stack_mirror, broker_secret, workers, app, platform, tmp_path):
     """Nothing happens for several of the API server's watch timeouts: the probe answers all

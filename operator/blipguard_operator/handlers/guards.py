@@ -41,7 +41,7 @@ async def run(name: str, namespace: str, body: Any, spec: Any, meta: Any, status
     async def secret(secret_name: str, key: str) -> str:
         return await kube.secret_value(namespace, secret_name, key)
 
-    runtime = GuardRuntime(namespace, name, emit, patch_status, secret)
+    runtime = GuardRuntime(namespace, name, emit, patch_status, secret, status=dict(status or {}))
     seen_generation = None
     # A value handled before a restart (status) is not handled again.
     force_seen = (status or {}).get("forceResumeHandled")
