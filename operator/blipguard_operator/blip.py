@@ -9,8 +9,12 @@ is ``f"{dependency}-{start_ms}"`` (deterministic) and is on every action of that
 It is over when every watched pod is ready (none in CrashLoopBackOff, no deleted pod
 waiting for its replacement) and stays so for ``settle_seconds``; trouble during the
 settle wait restarts it. Then Celery resumes first and NATS only once the results the
-workers held back are drained (``HeldResultsDrained``, or ``drain_timeout_seconds``):
-resuming NATS earlier would redeliver work whose results are still on their way.
+workers held back are drained (``HeldResultsDrained``): resuming NATS earlier would
+redeliver at once every task whose ack_wait ran out during the pause and whose result is
+still on its way. A long pause can leave hundreds of results queued, so the wait is
+bounded by progress, not by a fixed time: it gives up after ``drain_timeout_seconds``
+without the count going down (``HeldResultsDraining``), or ``max_pause_seconds`` in all;
+meanwhile NATS stays paused (``HoldNats`` at each renewal interval).
 ``CheckConsuming`` follows, because a resumed worker can silently stop consuming
 (celery#7733). A pause lasts at most ``max_pause_seconds`` from the blip's start: then
 the guard resumes anyway, goes ``degraded`` and does not pause again until the pods
@@ -53,6 +57,8 @@ from .model import (
     ForceResume,
     GuardSettings,
     HeldResultsDrained,
+    HeldResultsDraining,
+    HoldNats,
     Mode,
     Pause,
     Phase,
@@ -104,6 +110,9 @@ class Drain:
 
     blip_id: str
     since: float
+    remaining: int | None = None  # held results still on their way, last counted
+    progress_at: float | None = None  # when that count last went down (None: since)
+    held_at: float | None = None  # last HoldNats (None: since)
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,8 @@ def step(state: GuardState, event: Event, settings: GuardSettings) -> Step:
         state, out = _observe(state, event, settings, now)
     elif isinstance(event, HeldResultsDrained):
         state, out = _resume_nats(state, "held results drained") if state.drain else (state, [])
+    elif isinstance(event, HeldResultsDraining):
+        state, out = _draining(state, event.remaining, now), []
     elif isinstance(event, ForceResume):
         state, out = _force_resume(state, event.by)
     else:
@@ -264,10 +275,37 @@ def _advance(state: GuardState, settings: GuardSettings, now: float) -> Step:
     actions: list[Action] = []
     if state.blip is not None:
         state, actions = _advance_blip(state, state.blip, settings, now)
-    if state.drain is not None and now - state.drain.since >= settings.drain_timeout_seconds:
-        state, out = _resume_nats(state, f"drain wait timed out after {_secs(now - state.drain.since)} s")
+    if state.drain is not None:
+        state, out = _advance_drain(state, state.drain, settings, now)
         actions += out
     return state, actions
+
+
+def _draining(state: GuardState, remaining: int, now: float) -> GuardState:
+    drain = state.drain
+    if drain is None:
+        return state
+    if drain.remaining is None or remaining < drain.remaining:
+        return replace(state, drain=replace(drain, remaining=remaining, progress_at=now))
+    return replace(state, drain=replace(drain, remaining=remaining))
+
+
+def _advance_drain(state: GuardState, drain: Drain, settings: GuardSettings, now: float) -> Step:
+    progress_at = drain.since if drain.progress_at is None else drain.progress_at
+    if now - progress_at >= settings.drain_timeout_seconds:
+        if drain.remaining is None:
+            why = f"drain wait timed out after {_secs(now - drain.since)} s"
+        else:
+            why = (f"held results stopped draining ({drain.remaining} still pending after "
+                   f"{_secs(now - progress_at)} s without progress)")
+        return _resume_nats(state, why)
+    if now - drain.since >= settings.max_pause_seconds:
+        left = "" if drain.remaining is None else f", {drain.remaining} still pending"
+        return _resume_nats(state, f"drain longer than the max pause ({_secs(settings.max_pause_seconds)} s{left})")
+    held_at = drain.since if drain.held_at is None else drain.held_at
+    if now - held_at >= settings.renew_after_seconds:
+        return replace(state, drain=replace(drain, held_at=now)), [HoldNats(drain.blip_id)]
+    return state, []
 
 
 def _advance_blip(state: GuardState, blip: Blip, settings: GuardSettings, now: float) -> Step:

@@ -168,6 +168,22 @@ class NatsChannel:
                 errors.append(f"{stream}/{consumer}: {e}")
         return done, errors
 
+    async def hold(self, seconds: float) -> list[str]:
+        """Extend the pause of the consumers paused for the blip (not of jobs started since):
+        errors."""
+        errors = []
+        try:
+            nc = await self._conn()
+        except Exception as e:  # noqa: BLE001
+            return [f"NATS at {self.url}: {e}"]
+        for stream, consumer in sorted(self.paused):
+            try:
+                await nats_consumers.pause_consumer(nc, stream, consumer, seconds)
+            except Exception as e:  # noqa: BLE001 - a job that just ended has no consumer
+                if "not found" not in str(e).lower():
+                    errors.append(f"{stream}/{consumer}: {e}")
+        return errors
+
     async def resume(self) -> tuple[list[str], list[str]]:
         done, errors = [], []
         try:

@@ -80,6 +80,7 @@ class DrainField(StrEnum):
 
     BLIP_ID = "blipId"
     SINCE = "since"  # RFC 3339
+    REMAINING = "remaining"  # held results still on their way, last counted
 
 
 class BlipField(StrEnum):
@@ -259,7 +260,7 @@ def _spec_schema() -> dict:
                                      defaults.lease_seconds, MAX_LEASE_SECONDS, positive=True),
             "maxPauseSeconds": _seconds("Longest pause; then resume anyway and go degraded.",
                                         defaults.max_pause_seconds, MAX_MAX_PAUSE_SECONDS, positive=True),
-            "drainTimeoutSeconds": _seconds("Longest wait for held results before NATS resumes.",
+            "drainTimeoutSeconds": _seconds("Longest wait without progress (held results acked) before NATS resumes.",
                                             defaults.drain_timeout_seconds, None, positive=False),
         },
         "x-kubernetes-validations": [_rule(
@@ -324,6 +325,7 @@ def _status_schema() -> dict:
                 "properties": {
                     DrainField.BLIP_ID: {"type": "string"},
                     DrainField.SINCE: {"type": "string", "format": "date-time"},
+                    DrainField.REMAINING: {"type": "integer", "nullable": True, "minimum": 0},
                 },
             },
             StatusField.COUNTERS: {"type": "object", "properties": {c.value: count for c in Counter}},

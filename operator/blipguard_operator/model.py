@@ -144,6 +144,16 @@ class HeldResultsDrained:
 
 
 @dataclass(frozen=True)
+class HeldResultsDraining:
+    """``remaining`` held results are still on their way (in the broker, or handed out by a
+    paused job consumer and not acked yet). Fewer than last time is progress: the drain
+    wait times out only after ``drain_timeout_seconds`` without any."""
+
+    now: float
+    remaining: int
+
+
+@dataclass(frozen=True)
 class ForceResume:
     """On-call's override: resume everything now."""
 
@@ -151,7 +161,7 @@ class ForceResume:
     by: str = "on-call"
 
 
-Event = PodObserved | Tick | HeldResultsDrained | ForceResume
+Event = PodObserved | Tick | HeldResultsDrained | HeldResultsDraining | ForceResume
 
 
 # --- actions -----------------------------------------------------------------------
@@ -184,6 +194,14 @@ class ResumeCelery:
 
 @dataclass(frozen=True)
 class ResumeNats:
+    blip_id: str
+
+
+@dataclass(frozen=True)
+class HoldNats:
+    """Keep the job consumers paused at the blip paused while the held results drain (their
+    server-side pause would otherwise run out by itself)."""
+
     blip_id: str
 
 
@@ -222,4 +240,4 @@ class Report:
         return self.reason in _WARNINGS
 
 
-Action = Pause | Renew | ResumeCelery | ResumeNats | CheckConsuming | Report
+Action = Pause | Renew | ResumeCelery | ResumeNats | HoldNats | CheckConsuming | Report

@@ -21,6 +21,8 @@ from .model import (
     Dependency,
     ForceResume,
     HeldResultsDrained,
+    HeldResultsDraining,
+    HoldNats,
     Mode,
     Pause,
     Phase,
@@ -134,19 +136,20 @@ class GuardRuntime:
             await self._do(action)
         if self.state.drain is not None and isinstance(event, Tick) and self.celery is not None:
             try:
-                if await self._drained():
-                    await self.handle(HeldResultsDrained(time.time()))
-                    return
+                remaining = await self._held_remaining()
             except Exception as e:  # noqa: BLE001 - the drain wait times out by itself
                 logger.debug("drain check failed: %s", e)
+            else:
+                now = time.time()
+                await self.handle(HeldResultsDrained(now) if remaining == 0 else HeldResultsDraining(now, remaining))
+                return
         await self.write_status()
 
-    async def _drained(self) -> bool:
-        """No held result waits in the broker, and every task the paused job consumers
-        handed out is acked (its result saved)."""
-        if await self.celery.ready_messages() != 0:
-            return False
-        return self.nats is None or await self.nats.ack_pending() == 0
+    async def _held_remaining(self) -> int:
+        """Held results still on their way: waiting in the broker, plus the tasks the paused
+        job consumers handed out and nobody acked yet (0: drained)."""
+        ready = await self.celery.ready_messages()
+        return ready + (await self.nats.ack_pending() if self.nats is not None else 0)
 
     def _count(self, before: GuardState, after: GuardState, event) -> None:
         deps = {d.kind for d in self.spec.dependencies}
@@ -189,6 +192,8 @@ class GuardRuntime:
             await self._resume_celery(action.blip_id)
         elif isinstance(action, ResumeNats):
             await self._resume_nats(action.blip_id)
+        elif isinstance(action, HoldNats):
+            await self._hold_nats(action.blip_id)
         elif isinstance(action, CheckConsuming):
             await self._check_consuming(action.blip_id)
 
@@ -240,6 +245,15 @@ class GuardRuntime:
             return
         sent = await self.celery.resume()
         self._after_broadcast("resume_celery", blip_id, sent)
+
+    async def _hold_nats(self, blip_id: str) -> None:
+        if self.nats is None:
+            return
+        s = self.spec.settings
+        errors = await self.nats.hold(s.lease_seconds + s.drain_timeout_seconds + s.settle_seconds)
+        self._broadcast("renew_nats", not errors)
+        if errors:
+            self.emit("Warning", "NatsPauseFailed", f"[{blip_id}] {'; '.join(errors[:5])}")
 
     async def _resume_nats(self, blip_id: str) -> None:
         if self.nats is None:

@@ -101,6 +101,7 @@ def build(state: GuardState, obs: Observations, now: float, generation: int | No
         "drain": None if state.drain is None else {
             "blipId": state.drain.blip_id,
             "since": rfc3339(state.drain.since),
+            "remaining": state.drain.remaining,
         },
         "lastBlipSeconds": None if c.last_blip_seconds is None else round(c.last_blip_seconds, 3),
         "workersConfirmed": obs.workers_confirmed,

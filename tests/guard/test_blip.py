@@ -10,6 +10,8 @@ from blipguard.operator.model import (
     ForceResume,
     GuardSettings,
     HeldResultsDrained,
+    HeldResultsDraining,
+    HoldNats,
     Mode,
     Pause,
     Phase,
@@ -187,6 +189,7 @@ def test_renewals_before_the_lease_runs_out_and_never_after_resume():
         timeline += [(event.now, a) for a in out if not isinstance(a, Report)]
     renew = Renew("redis-10000", REDIS, NOT_READY, 30)
     assert timeline == [(25, renew), (40, renew), (55, renew), (65, ResumeCelery("redis-10000")),
+                        (80, HoldNats("redis-10000")),  # NATS held through the drain wait
                         (95, ResumeNats("redis-10000")), (95, CheckConsuming("redis-10000"))]
     assert state.counters.renewals == 3
 
@@ -203,16 +206,43 @@ def test_nats_resumes_only_after_the_held_results_drain():
                           pod(12), *ticks(13, 17)])
     assert actions == started("redis-10000", NOT_READY) + recovered("redis-10000", 7)
     state, actions = run(ticks(18, 40), state=state)
-    assert actions == []  # drain timeout 30 s: not yet
+    assert actions == [HoldNats("redis-10000")]  # drain timeout 30 s: not yet; NATS held at 32
     state, actions = run([HeldResultsDrained(41), HeldResultsDrained(42), *ticks(43, 100)], state=state)
     assert actions == nats_resumed("redis-10000")
 
 
 def test_nats_resumes_after_the_drain_timeout_without_the_drained_event():
     state, actions = run([pod(0), pod(10, ready=False), pod(12), *ticks(13, 46)])
-    assert actions == started("redis-10000", NOT_READY) + recovered("redis-10000", 7)
+    assert actions == started("redis-10000", NOT_READY) + recovered("redis-10000", 7) + [HoldNats("redis-10000")]
     state, actions = run([Tick(47), HeldResultsDrained(48)], state=state)
     assert actions == nats_resumed("redis-10000", "drain wait timed out after 30 s")
+
+
+def test_the_drain_wait_lasts_while_the_held_results_go_down_and_ends_when_they_stop():
+    """A long pause leaves hundreds of results queued: draining them outlasts the drain
+    timeout, and resuming NATS before they are acked redelivers every one whose ack_wait ran
+    out. The timeout counts from the last progress, NATS is held meanwhile, and the max
+    pause bounds the whole wait."""
+    state, _ = run([pod(0), pod(10, ready=False), pod(12), *ticks(13, 17)])  # Celery resumed at 17
+    events = [HeldResultsDraining(17 + 10 * k, 580 - 40 * k) for k in range(14)]  # 580 -> 60 by 147
+    events = sorted([*events, *ticks(18, 160)], key=lambda e: e.now)
+    state, actions = run(events, state=state)
+    assert not any(isinstance(a, ResumeNats) for a in actions)  # 147 + 30 > 160
+    holds = [a for a in actions if isinstance(a, HoldNats)]
+    assert len(holds) == 9  # every 15 s since 17
+    state, actions = run([HeldResultsDraining(161, 60), *ticks(162, 176)], state=state)  # no progress
+    assert not any(isinstance(a, ResumeNats) for a in actions)
+    state, actions = run([Tick(177)], state=state)
+    assert actions[0] == ResumeNats("redis-10000")
+    assert actions[2].message == ("NATS resumed: held results stopped draining "
+                                  "(60 still pending after 30 s without progress)")
+    state, _ = run([pod(200), pod(210, ready=False), pod(212), *ticks(213, 217)], state=state)
+    steady = [HeldResultsDraining(t, 1000 - t) for t in range(218, 900)]  # progress all along
+    state, actions = run(steady, state=state)
+    resumed = [a for a in actions if isinstance(a, Report) and a.reason is R.NATS_RESUMED]
+    assert [r.message for r in resumed] == ["NATS resumed: drain longer than the max pause (600 s, 183 still pending)"]
+    state, actions = run([HeldResultsDraining(900, 0), HeldResultsDrained(901)], state=state)
+    assert actions == []
 
 
 def test_a_new_blip_during_the_drain_cancels_the_pending_nats_resume():
@@ -246,7 +276,7 @@ def test_max_pause_resumes_degrades_does_not_pause_again_and_recovers():
     # the same blip goes on: restarts, more not-ready, the drain timeout; never a pause or renewal
     state, actions = run([pod(80, ready=False, restarts=1), *ticks(81, 150), pod(160, ready=False, uid="u2")],
                          settings, state)
-    assert actions == nats_resumed("redis-10000", "drain wait timed out after 30 s")
+    assert actions == [HoldNats("redis-10000")] + nats_resumed("redis-10000", "drain wait timed out after 30 s")
     assert state.phase is Phase.DEGRADED
     state, actions = run([pod(200, uid="u2"), *ticks(201, 205)], settings, state)
     assert actions == [Report("redis-10000", R.RECOVERED, "recovered after 195 s (was degraded)")]

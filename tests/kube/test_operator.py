@@ -3,7 +3,6 @@ and the stack's real redis-server / nats-server behind the pod mirror."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import time
@@ -12,7 +11,6 @@ import pytest
 
 from blipguard.app_patch.pause import client as fleet
 from blipguard.localstack.guard_operator import OPERATOR_SA, OperatorProcess, guard_path, operator_kubeconfig
-from blipguard.localstack.podmirror import PodMirror
 from blipguard.localstack.procs import wait_until
 from blipguard.localstack.sentry_sink import SentrySink
 from blipguard.operator import crd, rbac
@@ -45,26 +43,6 @@ def workers(worker_pool, platform, app):
     yield w
     fleet.resume(app, expect=len(w.hostnames), source="breaker")
     fleet.resume(app, expect=len(w.hostnames))
-
-
-@pytest.fixture
-def stack_mirror(kube, namespace, stack):
-    """Pods of the stack's own Redis and NATS: the servers the workers use."""
-    m = PodMirror(kube.client, namespace, redis=stack.redis, nats=stack.nats, redis_release="cache",
-                  nats_release="bus", interval=0.05)
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
-
-
-@pytest.fixture
-def broker_secret(kube, namespace, stack):
-    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "celery-broker"},
-            "data": {"url": base64.b64encode(stack.rabbitmq.url.encode()).decode()}}
-    kube.client.create(f"/api/v1/namespaces/{namespace}/secrets", body)
-    return "celery-broker"
 
 
 USERS: list[str] = []  # the operator's ServiceAccounts over this module, for the audit check
@@ -512,6 +490,55 @@ def test_an_840_image_job_survives_a_120s_redis_outage_with_no_redelivery(
     held = [line for line in text.splitlines() if "Result held back" in line]
     assert held and all(blip_id in line for line in held), held[:3]
     assert any("Resumed after the pause for redis (blip " + blip_id in line for line in text.splitlines())
+
+
+def _event_time(event: dict) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.operator_job
+def test_nats_stays_paused_while_a_long_backlog_of_held_results_drains(
+        kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform, web, redis_direct):
+    """An outage longer than the ack_wait, with results queued when it began: every held
+    task's ack_wait runs out during the pause, so NATS must not resume before they are all
+    acked. Draining them takes longer than the drain timeout; the wait lasts as long as they
+    keep draining, and nothing is handed out twice."""
+    from blipguard.harness.jobrun import run_job
+    from blipguard.localstack import faults
+
+    n, ack_wait, outage, drain_timeout = 160, 40, 45.0, 3
+    make_guard(kube, namespace, platform.result_queue, leaseSeconds=20, drainTimeoutSeconds=drain_timeout)
+    patch_guard(kube, namespace, {"spec": {"pause": {"nats": {"url": stack.nats.url}}}})
+    wait_until(phase_is(kube, namespace, "watching"), 30, "the guard to watch")
+    queue = platform.result_queue
+    held_at_blip: list[int] = []
+
+    def fault():
+        held_at_blip.append(stack.rabbitmq.outstanding(queue))
+        faults.redis_down_for(stack, outage).join()
+
+    # A fast service: every task is pulled and its result queued within seconds, so most
+    # of the job waits in the result queue (within the ack_wait) when Redis goes down.
+    outcome = run_job(web.url, redis_direct, n, fault=fault, fault_at=0.3, ack_wait=ack_wait,
+                      batch_size=40, sim_threads=4, settle=lambda: stack.rabbitmq.queue_depth(queue) == 0, timeout=outage + 240)
+    print(outcome.summary(), outcome.consumer_at_cleanup(), f"held at the blip: {held_at_blip}, "
+          f"refused by the API: {outcome.results_refused}")
+    assert held_at_blip and held_at_blip[0] >= 20, held_at_blip
+    assert outcome.status == "SUCCESS", outcome.log[-5:]
+    assert (outcome.processed, outcome.failed, outcome.results_processed) == (n, 0, n)
+    assert outcome.detections == outcome.expected_detections and outcome.duplicate_detections == 0
+    consumer = outcome.consumer_at_cleanup()
+    assert consumer.get("delivered") == n + outcome.results_refused, (consumer, outcome.notes)
+    wait_event(kube, namespace, "NatsResumed", timeout=30)
+    resumed = [e for e in events_of(kube, namespace) if e["reason"] == "NatsResumed"]
+    recovered = [e for e in events_of(kube, namespace) if e["reason"] == "Recovered"]
+    assert len(resumed) == len(recovered) == 1, (resumed, recovered)
+    assert "held results drained" in resumed[0]["message"], resumed[0]["message"]
+    drained_after = _event_time(resumed[0]) - _event_time(recovered[0])
+    print(f"NATS resumed {drained_after:.1f}s after Celery (drain timeout {drain_timeout}s)")
+    assert drained_after > drain_timeout + 1, "the drain was not longer than its timeout: nothing shown"
 
 
 @pytest.mark.operator_job
