@@ -1,6 +1,8 @@
 """Fixtures of the chart tests: Helm 4 and Helm 3, a chart copy with sample monitoring
 files, and one real Kubernetes API server (etcd + kube-apiserver) for the install tests.
-Missing binaries make the tests fail (not skip): `bash scripts/setup.sh`."""
+The kube tests' ``namespace``, ``stack_mirror`` and ``broker_secret`` (tests/kube/conftest.py)
+serve here too, on this API server. Missing binaries make the tests fail (not skip):
+`bash scripts/setup.sh`."""
 
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ from typing import Iterator
 import pytest
 
 from blipguard.localstack.kube import KubeBinariesMissing, KubeServer, require_kube_binaries
-from chart_helpers import CHART, HELMS, SAMPLE_ALERTS, SAMPLE_DASHBOARD, Helm, binary as _binary
+from chart_helpers import CHART, HELMS, SAMPLE_ALERTS, SAMPLE_DASHBOARD, Helm, binary as _binary, suite_module
+
+_kube_fixtures = suite_module("kube/conftest.py")
+namespace = _kube_fixtures.namespace
+stack_mirror = _kube_fixtures.stack_mirror
+broker_secret = _kube_fixtures.broker_secret
 
 
 @pytest.fixture(scope="session", params=HELMS)

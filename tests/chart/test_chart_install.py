@@ -4,19 +4,16 @@ Helm 3: Pod Security "restricted" admission, upgrade, the CRD upgrade step, unin
 from __future__ import annotations
 
 import copy
-import json
-import os
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from blipguard.localstack.kube import KubeAPIError, KubeServer
-from blipguard.localstack.procs import free_port, log_tail, spawn, stop_pid, wait_until
+from blipguard.localstack.procs import free_port, wait_until
 from blipguard.operator import crd, rbac
-from chart_helpers import CHART, CI_VALUES, Helm, one, restricted_namespace, write_values
+from chart_helpers import (CHART, CI_VALUES, Helm, RenderedOperator, bound_roles, granted_permissions, one,
+                           restricted_namespace, wait_authorized, write_values)
 
 pytestmark = [pytest.mark.chart, pytest.mark.kube]
 
@@ -163,49 +160,31 @@ def test_the_rendered_operator_runs_under_the_charts_service_account(kube: KubeS
     helm.run("install", RELEASE, str(CHART), "--namespace", ns, "--set", "exampleGuard.enabled=true",
              "--set", f"operator.metricsPort={metrics_port},operator.probePort={probe_port}",
              "--set", f"operator.clusterWide={str(cluster_wide).lower()}")
-    name = f"{RELEASE}-blipguard"
-    pod = kube.client.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")["spec"]["template"]["spec"]
-    [container] = pod["containers"]
-    sa = pod["serviceAccountName"]
-    kubeconfig = kube.token_kubeconfig(kube.service_account_token(ns, sa), tmp_path / "sa.kubeconfig")
-
-    assert container["command"] == ["blipguard"]
-    assert ("--all-namespaces" in container["args"]) == cluster_wide
-    # The image's `blipguard` is this interpreter's blipguard.cli; the pod's 0.0.0.0 becomes
-    # 127.0.0.1 here, nothing else changes.
-    argv = [sys.executable, "-m", "blipguard.cli",
-            *(a.replace("0.0.0.0", "127.0.0.1") for a in container["args"])]
-    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]},
-           "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)}
-    probe = container["livenessProbe"]["httpGet"]
-    port = next(p["containerPort"] for p in container["ports"] if p["name"] == probe["port"])
-    assert port == probe_port and container["readinessProbe"]["httpGet"] == probe
-    url = f"http://127.0.0.1:{port}{probe['path']}"
-    log = tmp_path / "operator.log"
-    proc = spawn(argv, log, env=env)
-
-    def healthz() -> dict | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"operator exited {proc.returncode}:\n{log_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return json.loads(r.read()) if r.status == 200 else None
-        except OSError:
-            return None
-
     try:
-        # kopf answers once it runs; the guards probe lists the example guard once its daemon
-        # has read it (through the Role's list/watch on blipguards).
-        wait_until(lambda: f"{ns}/fleet" in ((healthz() or {}).get("guards") or {}), 30,
-                   f"{url} to list the example guard")
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
-            assert b"blipguard_operator_" in r.read()
-        user = f"system:serviceaccount:{ns}:{sa}"
-        used = rbac.used(kube.audit_events(), user)
-        assert ("", "pods", "watch") in used and (crd.GROUP, crd.PLURAL, "watch") in used, used
-        assert rbac.used(kube.audit_events(), user, forbidden=True) == set(), log_tail(log)
+        name = f"{RELEASE}-blipguard"
+        deployment = kube.client.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
+        op = RenderedOperator.from_deployment(kube, deployment, tmp_path)
+        container = op.container
+        assert container["command"] == ["blipguard"]
+        assert ("--all-namespaces" in container["args"]) == cluster_wide
+        probe = container["livenessProbe"]["httpGet"]
+        assert op.port(probe["port"]) == probe_port and container["readinessProbe"]["httpGet"] == probe
+        assert op.port("metrics") == metrics_port
+        manifest = [d for d in yaml.safe_load_all(
+            helm.run("get", "manifest", RELEASE, "--namespace", ns).stdout) if d]
+        wait_authorized(kube, ns, op.service_account,
+                        granted_permissions(bound_roles(manifest, op.service_account, ns)))
+
+        with op.running():
+            # kopf answers once it runs; the guards probe lists the example guard once its
+            # daemon has read it (through the Role's list/watch on blipguards).
+            wait_until(lambda: f"{ns}/fleet" in ((op.healthz() or {}).get("guards") or {}), 60,
+                       f"{op.probe_url} to list the example guard")
+            assert "blipguard_operator_" in op.metrics_text()
+            used = rbac.used(kube.audit_events(), op.user)
+            assert ("", "pods", "watch") in used and (crd.GROUP, crd.PLURAL, "watch") in used, used
+            assert rbac.used(kube.audit_events(), op.user, forbidden=True) == set(), op.log_tail()
     finally:
-        stop_pid(proc.pid, timeout=15)
         helm.run("uninstall", RELEASE, "--namespace", ns, check=False)
 
 

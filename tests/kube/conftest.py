@@ -1,9 +1,12 @@
 """Fixtures for the kube tests: one real Kubernetes API server (etcd + kube-apiserver)
-for the session, a fresh namespace per test, and real redis/nats servers for the pod
-mirror. Missing binaries make the tests fail (not skip): `bash scripts/setup.sh`."""
+for the session, a fresh namespace per test, real redis/nats servers for the pod mirror,
+and the pods and broker Secret of the session's local stack (``stack_mirror``,
+``broker_secret``), which the chart tests load from here too (tests/chart/conftest.py).
+Missing binaries make the tests fail (not skip): `bash scripts/setup.sh`."""
 
 from __future__ import annotations
 
+import base64
 import re
 import sys
 from pathlib import Path
@@ -87,6 +90,28 @@ def mirror(kube: KubeServer, namespace: str, redis_server: RedisServer, nats_ser
         yield m
     finally:
         m.stop()  # re-raises an error of the mirror's thread
+
+
+@pytest.fixture
+def stack_mirror(kube: KubeServer, namespace: str, stack) -> Iterator[PodMirror]:
+    """Pods of the stack's own Redis and NATS: the servers the workers use."""
+    m = PodMirror(kube.client, namespace, redis=stack.redis, nats=stack.nats, redis_release="cache",
+                  nats_release="bus", interval=0.05)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def broker_secret(kube: KubeServer, namespace: str, stack) -> str:
+    """The Secret ``celery-broker`` (key ``url``: the stack's RabbitMQ) a guard's
+    ``pause.brokerSecretRef`` names."""
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "celery-broker"},
+            "data": {"url": base64.b64encode(stack.rabbitmq.url.encode()).decode()}}
+    kube.client.create(f"/api/v1/namespaces/{namespace}/secrets", body)
+    return "celery-broker"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

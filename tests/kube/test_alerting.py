@@ -19,7 +19,6 @@ at 0 when the operator loads the guard and stays 0), so it stays silent througho
 
 from __future__ import annotations
 
-import base64
 import math
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ from blipguard.app_patch.pause import client as fleet
 from blipguard.harness.jobrun import run_job
 from blipguard.localstack import faults
 from blipguard.localstack.guard_operator import OperatorProcess, guard_path, operator_kubeconfig
-from blipguard.localstack.podmirror import PodMirror
 from blipguard.localstack.procs import free_port, wait_until
 from blipguard.localstack.prometheus import PrometheusServer
 from blipguard.operator import crd
@@ -79,23 +77,9 @@ def metered_worker(worker_pool, platform, app, tmp_path):
 
 
 @pytest.fixture
-def stack_mirror(kube, namespace, stack):
-    m = PodMirror(kube.client, namespace, redis=stack.redis, nats=stack.nats, redis_release="cache",
-                  nats_release="bus", interval=0.05)
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
-
-
-@pytest.fixture
-def guarded(kube, namespace, stack, stack_mirror, platform, tmp_path):
+def guarded(kube, namespace, stack, stack_mirror, broker_secret, platform, tmp_path):
     """The real operator (as its ServiceAccount bound to exactly its Role) and one guard."""
     install_crd(kube.client)
-    kube.client.create(f"/api/v1/namespaces/{namespace}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "celery-broker"},
-        "data": {"url": base64.b64encode(stack.rabbitmq.url.encode()).decode()}})
     kubeconfig = operator_kubeconfig(kube, namespace, tmp_path / "operator.kubeconfig")
     op = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator")
     try:
@@ -103,7 +87,7 @@ def guarded(kube, namespace, stack, stack_mirror, platform, tmp_path):
         kube.client.create(guard_path(namespace), {
             "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": GUARD},
             "spec": {"dependencies": [{"kind": "redis"}],
-                     "pause": {"brokerSecretRef": {"name": "celery-broker"},
+                     "pause": {"brokerSecretRef": {"name": broker_secret},
                                "resultQueues": [platform.result_queue], "expectedWorkers": 1},
                      "timing": {"settleSeconds": 2, "leaseSeconds": 30, "maxPauseSeconds": 600}}})
         wait_until(lambda: phase(kube, namespace) == "watching", 30, "the guard to watch")
