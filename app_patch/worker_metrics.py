@@ -36,11 +36,17 @@ def start(config) -> bool:
     path = metrics.multiprocess_dir()
     if config.metrics_port is None:
         return False
-    if path is None or not os.path.isdir(path):
+    problem = "unset" if path is None else None
+    if path is not None and not os.path.isdir(path):
+        try:
+            os.makedirs(path, exist_ok=True)  # a path in the image that nobody created yet
+        except OSError as e:
+            problem = f"{path!r}, which cannot be created ({e.strerror})"
+    if problem:
         logger.error(
             "blipguard: METRICS_PORT is %s but PROMETHEUS_MULTIPROC_DIR is %s: set it to an empty, "
             "writable directory in the worker's environment; no metrics endpoint started",
-            config.metrics_port, "unset" if path is None else f"{path!r}, not a directory")
+            config.metrics_port, problem)
         return False
     metrics.clear_dir(path)
     metrics.initialize()

@@ -56,9 +56,11 @@ def run_one(patch: Path, timeout: float) -> tuple[str, float, str]:
                                  capture_output=True, text=True)
         if applied.returncode != 0:
             return "does-not-apply", 0.0, applied.stdout + applied.stderr
-        # The installed package maps app_patch/ below blipguard/: give the copy the same layout
-        # and put it first on the path, ahead of the editable install of the real tree.
+        # The installed package maps app_patch/ and operator/blipguard_operator/ below
+        # blipguard/ (setup.py): give the copy the same layout and put it first on the path,
+        # ahead of the editable install of the real tree.
         shutil.copytree(copy / "app_patch", copy / "src" / "blipguard" / "app_patch")
+        shutil.copytree(copy / "operator" / "blipguard_operator", copy / "src" / "blipguard" / "operator")
         env = {**os.environ, "PYTHONPATH": str(copy / "src")}
         python = ROOT / meta["venv"] / "bin" / "python"
         cmd = [str(python), "-m", "pytest", "-x", "-q", "-p", "no:randomly", "--platform", meta["platform"],

@@ -43,3 +43,21 @@ def test_a_port_without_a_multiprocess_directory_says_what_to_set(monkeypatch, c
         assert worker_metrics.start(parse({"METRICS_PORT": 9808})) is False
     assert "PROMETHEUS_MULTIPROC_DIR is unset" in caplog.text
     assert worker_metrics.start(parse({})) is False  # no port, no endpoint
+
+
+def test_a_multiprocess_directory_that_cannot_be_created_is_named(monkeypatch, caplog, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(blocker / "prometheus"))
+    with caplog.at_level(logging.ERROR, logger="blipguard.app_patch"):
+        assert worker_metrics.start(parse({"METRICS_PORT": 9808})) is False
+    assert "which cannot be created" in caplog.text and "no metrics endpoint started" in caplog.text
+
+
+def test_a_missing_multiprocess_directory_is_created(monkeypatch, tmp_path):
+    target = tmp_path / "not" / "yet"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(target))
+    served = []
+    monkeypatch.setattr(worker_metrics.metrics, "serve", lambda port, address: served.append(port))
+    assert worker_metrics.start(parse({"METRICS_PORT": 9808})) is True
+    assert target.is_dir() and served == [9808]
