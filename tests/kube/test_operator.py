@@ -498,7 +498,6 @@ def _event_time(event: dict) -> float:
     return dt.datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")).timestamp()
 
 
-@pytest.mark.operator_job
 def test_nats_stays_paused_while_a_long_backlog_of_held_results_drains(
         kube, namespace, stack, stack_mirror, broker_secret, operator, workers, app, platform, web, redis_direct):
     """An outage longer than the ack_wait, with results queued when it began: every held
