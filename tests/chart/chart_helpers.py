@@ -287,3 +287,21 @@ def permission_diff(used: set[Permission], granted: set[Permission]) -> str:
         return ", ".join(f"{verb} {group + '/' if group else ''}{resource} in {scope or '(cluster)'}"
                          for group, resource, verb, scope in sorted(ps)) or "-"
     return f"\nused, not granted: {show(used - granted)}\ngranted, never used: {show(granted - used)}"
+
+
+# ---------------------------------------------------------------- the Prometheus operator's CRDs
+
+def monitoring_crd_files() -> dict[str, Path]:
+    """The ServiceMonitor, PodMonitor and PrometheusRule CRDs scripts/setup_kube.sh fetches, by
+    plural; missing, the test fails (not skips) naming the setup command."""
+    from blipguard.localstack.kube import require_monitoring_crds
+
+    try:
+        return require_monitoring_crds()
+    except KubeBinariesMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def helm_warnings(stderr: str) -> list[str]:
+    """The lines of Helm's stderr that carry a warning (the API server's, PodSecurity's, Helm's)."""
+    return [line for line in stderr.splitlines() if "warning" in line.lower() or "podsecurity" in line.lower()]

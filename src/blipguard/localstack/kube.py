@@ -7,6 +7,7 @@ Pods stay as created unless something writes their status (see ``podmirror``).
 
 The binaries come from ``bash scripts/setup.sh`` (etcd, kube-apiserver, kubectl, helm
 and helm3 in ``~/.cache/blipguard/bin``, see scripts/setup_kube.sh).
+The Prometheus operator's monitoring CRDs come from there too (``~/.cache/blipguard/crds``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,38 @@ def require_kube_binaries(names: tuple[str, ...] = ("etcd", "kube-apiserver")) -
         )
     have = kube_binaries()
     return {n: have[n] for n in names}  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- Prometheus operator CRDs
+
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"  # as in scripts/setup_kube.sh
+MONITORING_CRD_PLURALS = ("servicemonitors", "podmonitors", "prometheusrules")
+
+
+def monitoring_crds_dir() -> Path:
+    """The Prometheus operator's CRDs scripts/setup_kube.sh extracts from its Go module."""
+    return cache_dir() / "crds" / f"prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}"
+
+
+def monitoring_crd_files() -> dict[str, Path | None]:
+    """Each CRD file by plural (``servicemonitors``, ...), or None when it is missing."""
+    found: dict[str, Path | None] = {}
+    for plural in MONITORING_CRD_PLURALS:
+        path = monitoring_crds_dir() / f"monitoring.coreos.com_{plural}.yaml"
+        found[plural] = path if path.is_file() and path.stat().st_size else None
+    return found
+
+
+def require_monitoring_crds() -> dict[str, Path]:
+    """The three CRD files; ``KubeBinariesMissing`` (naming the setup command) if one is not there."""
+    have = monitoring_crd_files()
+    missing = [plural for plural, path in have.items() if path is None]
+    if missing:
+        raise KubeBinariesMissing(
+            f"missing Prometheus operator {PROMETHEUS_OPERATOR_VERSION} CRDs: {', '.join(missing)} "
+            f"(looked in {monitoring_crds_dir()}); run `bash scripts/setup.sh` (see scripts/setup_kube.sh)"
+        )
+    return have  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- certificates
