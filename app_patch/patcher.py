@@ -105,6 +105,13 @@ def _wrap_update_progress(original, host: Host):
     @functools.wraps(original)
     def _update_job_progress(*args, **kwargs):
         try:
+            return _write(*args, **kwargs)
+        except Exception as e:  # the count mark's Redis, or the host's own write
+            state.note_transient(e)
+            raise
+
+    def _write(*args, **kwargs):
+        try:
             arguments = signature.bind_partial(*args, **kwargs).arguments
         except TypeError:
             return original(*args, **kwargs)  # let the host raise its own error

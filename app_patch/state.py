@@ -127,6 +127,15 @@ def _execute(manager, stage: str, ids: list[str], failed: list[str], delivery: s
     return pipe.execute()
 
 
+def note_transient(e: BaseException) -> None:
+    """Remember a transient error the running result task met in our code: the pre-fix
+    body swallows it and logs only its text, and Sentry's event for that line is classified
+    from this note."""
+    run = context.current()
+    if run is not None and classify(e).transient:
+        run.transient = e
+
+
 def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None, *, host):
     from redis.exceptions import NoScriptError
 
@@ -141,8 +150,7 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
         except NoScriptError:  # first use since Redis started: send the script once in full
             results = _execute(manager, stage, ids, failed, delivery, by_sha=False)
     except Exception as e:
-        if run is not None and classify(e).transient:
-            run.transient = e
+        note_transient(e)
         raise
     remaining, failed_count, total_raw = (int(results[-3]), int(results[-2]), results[-1])
     if total_raw is None:

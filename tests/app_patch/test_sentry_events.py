@@ -99,3 +99,24 @@ def test_celerys_redis_backend_reconnect_lines_are_one_transient_redis_event_per
     first = sentry.process_event({"level": "error"}, {"log_record": line})
     assert first["fingerprint"] == ["blipguard", "transient", "redis"] and first["level"] == "warning"
     assert sentry.process_event({"level": "error"}, {"log_record": line}) is None
+
+
+def test_a_transient_error_in_the_progress_write_is_noted_for_the_line_the_host_logs(monkeypatch):
+    """The pre-fix body swallows an error after its ack and logs only its text: an error from
+    the patched progress write (its count mark's Redis) must be noted, or that ERROR line
+    becomes an unclassified event of its own."""
+    import contextlib
+
+    import redis
+
+    from blipguard.app_patch import context, patcher
+
+    def host_update_job_progress(job_id, stage, progress_percentage, complete_state=None, **state_params):
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(patcher, "progress_lock", lambda job_id: contextlib.nullcontext())
+    wrapped = patcher._wrap_update_progress(host_update_job_progress, host=None)
+    run = context.TaskRun(job_id=1)
+    with context.running(run), pytest.raises(redis.exceptions.ConnectionError):
+        wrapped(1, "results", 0.5, complete_state="SUCCESS")
+    assert isinstance(run.transient, redis.exceptions.ConnectionError)

@@ -104,7 +104,8 @@ def test_a_carried_outage_is_one_transient_issue_at_most_one_event_per_worker(si
     # Every event the workers' result tasks sent is that one issue.
     from_tasks = [e for e in events if "celery_task_id" in (e.get("tags") or {})]
     assert from_tasks and all(e in from_workers for e in from_tasks), \
-        [e.get("message") or e.get("logentry") for e in from_tasks if e not in from_workers][:5]
+        [(e.get("message") or e.get("logentry"), e.get("fingerprint"), e.get("tags"))
+         for e in from_tasks if e not in from_workers][:5]
     per_worker = collections.Counter(e["tags"]["blipguard.worker"] for e in from_workers)
     assert max(per_worker.values()) == 1, per_worker
     # The API (this process) meets the outage too: its NATS reserve calls time out while
