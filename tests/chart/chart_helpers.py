@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from blipguard.localstack.guard_operator import metric_sum
 from blipguard.localstack.kube import KubeBinariesMissing, KubeServer, require_kube_binaries
 from blipguard.localstack.procs import log_tail, pid_alive, spawn, stop_pid, wait_until
 from blipguard.operator import rbac
@@ -212,12 +213,7 @@ class RenderedOperator:
             return r.read().decode()
 
     def metric(self, name: str, **labels: str) -> float:
-        """The sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        return sum(s.value for family in text_string_to_metric_families(self.metrics_text())
-                   for s in family.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return metric_sum(self.metrics_text(), name, **labels)
 
 
 # (apiGroup, resource[/subresource], verb, scope): the scope is a Role's namespace, or
