@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from . import context
 from .classify import classify
@@ -18,6 +19,7 @@ from .errors import describe
 logger = logging.getLogger(__name__)
 
 ACK = b"+ACK"
+ACK_AGAIN = (0.2, 0.5)  # seconds before each inline re-ack (result_task.py): a Celery retry waits behind the queue
 # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
 # and the newer $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<...same...>.<token>
 _V1 = re.compile(r"^\$JS\.ACK\.([^.]+)\.([^.]+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)$")
@@ -32,6 +34,21 @@ def stream_and_seq(reply_subject: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(4))) if m else None
 
 
+def attempt_seconds(ack_timeout: float) -> float:
+    """The longest the acks of one run of the result task can wait on JetStream: the first ack
+    and its inline re-acks share one ack timeout, plus the pauses before the re-acks. (The
+    host's own connect before each ack is the host's; its connect_timeout is not ours to bound.)"""
+    return ack_timeout + sum(ACK_AGAIN)
+
+
+def ack_time_left(run, ack_timeout: float) -> float:
+    """Seconds left for this run's acks; the clock starts at its first ack."""
+    now = time.monotonic()
+    if run.ack_ends is None:
+        run.ack_ends = now + ack_timeout
+    return run.ack_ends - now
+
+
 async def confirmed_ack(nc, reply_subject: str, timeout: float) -> None:
     """Ack and wait for JetStream's reply; raises what the request raised."""
     await nc.request(reply_subject, ACK, timeout=timeout)
@@ -44,8 +61,15 @@ def make_acknowledge_task(timeout_getter):
         if self.nc is None:
             raise RuntimeError("Connection is not open. Use TaskQueueManager as an async context manager.")
         run = context.current()
+        timeout = timeout_getter()
+        if run is not None:
+            timeout = ack_time_left(run, timeout)
+            if timeout < 0.05:
+                run.ack_unconfirmed = "no time left for another ack in this run (its acks share one ack timeout)"
+                logger.warning("Failed to acknowledge task: %s", run.ack_unconfirmed)
+                return False
         try:
-            await confirmed_ack(self.nc, reply_subject, timeout_getter())
+            await confirmed_ack(self.nc, reply_subject, timeout)
         except Exception as e:  # noqa: BLE001 - the host's contract: False, never an exception
             if run is not None:
                 run.ack_unconfirmed = describe(e)
@@ -59,13 +83,15 @@ def make_acknowledge_task(timeout_getter):
     return acknowledge_task
 
 
-def wrap_ack_helper(original):
+def wrap_ack_helper(original, timeout_getter):
     """The host's ``_ack_task_via_nats``: it never raises and says nothing (pre-fix) or a
-    bool; a failed connect never reaches ``acknowledge_task``. Note any unconfirmed ack."""
+    bool; a failed connect never reaches ``acknowledge_task``. Note any unconfirmed ack.
+    The run's ack clock starts here, so the host's connect counts too."""
 
     def _ack_task_via_nats(reply_subject, job_logger, *args, **kwargs):
         run = context.current()
         if run is not None:
+            ack_time_left(run, timeout_getter())
             run.ack_unconfirmed = "not attempted"
             run.ack_attempted = True
         result = original(reply_subject, job_logger, *args, **kwargs)

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field, replace
 
 from . import context, reaper, result_task, state
@@ -123,13 +124,20 @@ def _wrap_update_progress(original, host: Host):
             # No claim: the host's own update_state ran (not patched); leave its call alone.
             added = 0
             if claim is not None:
-                added, done = claim.count()
+                try:
+                    added, done = claim.count()
+                except Exception:
+                    # Its reply may be what was lost: the mark can be in with no counts behind it,
+                    # and another delivery would then complete the stage without them.
+                    _uncount(claim, arguments.get("job_id"))
+                    raise
                 if not added:
                     logger.info("job %s: result counts not added: delivery %s has no image whose counts are "
                                 "still to add (a duplicate)", arguments.get("job_id"), run.delivery)
                     kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
                 if not run.ack_attempted:
-                    args, kwargs = _at_most(signature, args, kwargs, done / claim.total if claim.total else None)
+                    args, kwargs = _as_far_as_counted(signature, args, kwargs,
+                                                      done / claim.total if claim.total else None)
             try:
                 kwargs = _never_backwards(host, arguments.get("job_id"), stage, kwargs)
                 return original(*args, **kwargs)
@@ -141,27 +149,42 @@ def _wrap_update_progress(original, host: Host):
     return _update_job_progress
 
 
-def _at_most(signature, args, kwargs, percentage):
+def _as_far_as_counted(signature, args, kwargs, share):
     """The results stage's progress as far as counts are in, not as far as images are
     claimed: a job must not complete (and delete its NATS stream) while a claimed image's
     counts can still come from a redelivery or a retry. Only where the host acks after
     this write (the current platform): the pre-fix one acks before its results stage, so a
-    worker killed there is never redelivered, and holding the stage would hang the job."""
+    worker killed there is never redelivered, and holding the stage would hang the job.
+
+    Raised as well as lowered: the host passes its own snapshot of the claims, taken before
+    the lock, and the write that brings the last counts in can carry an older snapshot than
+    a write before it (which was held below 100 %); only the counted share, read under the
+    lock, is current. It never exceeds the claimed share: an image is counted after its claim."""
     bound = signature.bind_partial(*args, **kwargs)
     passed = bound.arguments.get("progress_percentage")
-    if percentage is None or not isinstance(passed, (int, float)) or passed <= percentage:
+    if share is None or not isinstance(passed, (int, float)) or passed == share:
         return args, kwargs
-    bound.arguments["progress_percentage"] = percentage
+    bound.arguments["progress_percentage"] = share
     return bound.args, bound.kwargs
 
 
-def _uncount(claim, job_id) -> None:
-    """The host's write failed: its counts are not in, so a retry or redelivery must add them."""
-    try:
-        claim.uncount()
-    except Exception as e:  # noqa: BLE001 - the host's own error is the one to raise
-        logger.warning("job %s: could not unmark images %s as counted after a failed progress write: %s",
-                       job_id, claim.ids, e)
+UNCOUNT_PATIENCE = 10.0  # seconds: a Redis stall or restart is usually over by then
+
+
+def _uncount(claim, job_id, patience: float = UNCOUNT_PATIENCE) -> None:
+    """The counts are not in: unmark them, so a retry or redelivery adds them. Tried again
+    for a while (it is idempotent): a mark left behind lets the stage complete without them."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            claim.uncount()
+            return
+        except Exception as e:  # noqa: BLE001 - the host's own error is the one to raise
+            if time.monotonic() + 0.5 >= deadline:
+                logger.warning("job %s: could not unmark images %s as counted after a failed progress write: %s",
+                               job_id, claim.ids, e)
+                return
+            time.sleep(0.5)
 
 
 def _never_backwards(host: Host, job_id, stage, kwargs: dict) -> dict:
@@ -229,12 +252,16 @@ def install(config: Config | None = None) -> InstallReport:
     t = cfg.targets
     manager, tasks, task = host.target("STATE_MANAGER"), host.target("TASKS_MODULE"), host.target("RESULT_TASK")
     ack_name, progress_name = cfg.helpers["ACK"], cfg.helpers["UPDATE_PROGRESS"]
+
+    def ack_timeout() -> float:
+        return host.config.ack_timeout
+
     plan = [
         (manager, "update_state", lambda o: _wrap_update_state(o, host), f"{t['STATE_MANAGER']}.update_state"),
         (manager, "cleanup", _wrap_cleanup, f"{t['STATE_MANAGER']}.cleanup"),
-        (host.target("QUEUE_MANAGER"), "acknowledge_task", lambda o: make_acknowledge_task(lambda: host.config.ack_timeout),
+        (host.target("QUEUE_MANAGER"), "acknowledge_task", lambda o: make_acknowledge_task(ack_timeout),
          f"{t['QUEUE_MANAGER']}.acknowledge_task"),
-        (tasks, ack_name, wrap_ack_helper, f"{t['TASKS_MODULE']}.{ack_name}"),
+        (tasks, ack_name, lambda o: wrap_ack_helper(o, ack_timeout), f"{t['TASKS_MODULE']}.{ack_name}"),
         (tasks, progress_name, lambda o: _wrap_update_progress(o, host), f"{t['TASKS_MODULE']}.{progress_name}"),
         (task, "run", lambda o: result_task.wrap_run(task, o, host), f"{t['RESULT_TASK']}.run"),
     ]

@@ -21,6 +21,7 @@ import threading
 import time
 
 from . import context, messages, metrics, sentry
+from .ack import ACK_AGAIN
 from .classify import classify
 from .errors import TransientDependencyError, describe
 from .pause import board, breaker
@@ -93,14 +94,14 @@ def _ended(host, job_id: int) -> bool:
     return job is None or job.status in messages.FINAL_STATUSES
 
 
-ACK_AGAIN = (0.2, 0.5)  # seconds before each inline re-ack; a Celery retry waits behind the queue
-
-
 def _ack_again(host, job_id: int, reply_subject: str, run, cause) -> bool:
     """Re-ack at once, a couple of times, before falling back to a Celery retry: the ack is
-    cheap, and a retry waits behind every result queued meanwhile."""
+    cheap, and a retry waits behind every result queued meanwhile. Only while this run's
+    ack time lasts: the retry policy is fitted to that (ack.attempt_seconds)."""
     job_logger = host.job_logger(job_id)
     for attempt, pause in enumerate(ACK_AGAIN, start=2):
+        if run.ack_ends is not None and time.monotonic() + pause + 0.05 >= run.ack_ends:
+            return False
         threading.Event().wait(pause)
         host.helper("ACK")(reply_subject, job_logger)
         if run.ack_unconfirmed is None:

@@ -248,7 +248,14 @@ def test_results_stage_completes_only_when_every_images_counts_are_in(host_confi
     with context.running(context.TaskRun(job_id=1, claims={"results": claim})):
         tasks._update_job_progress(1, "results", 1.0, complete_state="SUCCESS", detections=1)
         tasks._update_job_progress(1, "results", progress_percentage=0.5, complete_state="SUCCESS")
-    assert host["percentages"] == [0.75, 0.5]  # held at what is counted; never raised
+    assert host["percentages"] == [0.75, 0.75]  # as far as counts are in, whatever the host's snapshot said
+
+    # The write that brings the last counts in carries an older snapshot (3 of 4 claimed,
+    # taken before the lock) than the write before it: the stage still completes.
+    last = FakeClaim(added=1, done=4, total=4)
+    with context.running(context.TaskRun(job_id=1, claims={"results": last})):
+        tasks._update_job_progress(1, "results", 0.75, complete_state="SUCCESS", detections=1)
+    assert host["percentages"][-1] == 1.0
 
     # Acked before this write (the pre-fix order): no redelivery would come; do not hold.
     with context.running(context.TaskRun(job_id=1, claims={"results": claim}, ack_attempted=True)):
@@ -268,3 +275,35 @@ def test_a_failed_progress_write_leaves_its_counts_to_add(host_config):
         with pytest.raises(OSError):
             tasks._update_job_progress(1, "results", 0.25, complete_state="SUCCESS", detections=1)
     assert claim.uncounted == 1
+
+
+class StalledClaim(FakeClaim):
+    """A claim whose count reply is lost (the mark may be in) and whose Redis answers again
+    after a few tries."""
+
+    def __init__(self, fails_to_uncount: int):
+        super().__init__(added=1, done=4)
+        self.fails_to_uncount = fails_to_uncount
+
+    def count(self):
+        self.counted += 1
+        raise ConnectionError("Timeout reading from 127.0.0.1:6379")
+
+    def uncount(self):
+        self.uncounted += 1
+        if self.uncounted <= self.fails_to_uncount:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+def test_a_count_mark_whose_reply_was_lost_is_taken_back(host_config, monkeypatch):
+    """Left in, the mark would let another delivery complete the stage without these counts."""
+    host, cfg = host_config()
+    patcher.install(cfg)
+    monkeypatch.setattr(patcher.time, "sleep", lambda s: None)
+    tasks = sys.modules[f"{PKG}.tasks"]
+    claim = StalledClaim(fails_to_uncount=2)
+    with context.running(context.TaskRun(job_id=1, claims={"results": claim})):
+        with pytest.raises(ConnectionError):
+            tasks._update_job_progress(1, "results", 0.25, complete_state="SUCCESS", detections=1)
+    assert claim.uncounted == 3, "the unmark is tried again until Redis answers"
+    assert "results" not in [c[1] for c in host["calls"]], "nothing was written"

@@ -68,6 +68,14 @@ def ours(events, kind: str) -> list[dict]:
     return [e for e in events if (e.get("fingerprint") or [None, None])[:2] == ["blipguard", kind]]
 
 
+def host_cleanup_race(event: dict) -> bool:
+    """The host's own second cleanup of a finished job: two result tasks can both see the job complete and both
+    delete its stream; the later one logs ERROR 'Failed to delete NATS consumer ... stream not found'. That race is
+    the platform's (it fires cleanup after the transaction, with no claim), blip or no blip; not the outage's."""
+    message = (event.get("logentry") or {}).get("message") or event.get("message") or ""
+    return message.startswith("Failed to delete NATS") and "not found" in message
+
+
 def marked(ids):
     return {i: {**fake_result(i), "note": PAYLOAD_MARKER} for i in ids}
 
@@ -102,7 +110,7 @@ def test_a_carried_outage_is_one_transient_issue_at_most_one_event_per_worker(si
         if "celery_task_id" in tags:  # a result task's (the worker's main process has no job)
             assert e["contexts"]["blipguard"]["job_id"] == outcome.job_id
     # Every event the workers' result tasks sent is that one issue.
-    from_tasks = [e for e in events if "celery_task_id" in (e.get("tags") or {})]
+    from_tasks = [e for e in events if "celery_task_id" in (e.get("tags") or {}) and not host_cleanup_race(e)]
     assert from_tasks and all(e in from_workers for e in from_tasks), \
         [(e.get("message") or e.get("logentry"), e.get("fingerprint"), e.get("tags"))
          for e in from_tasks if e not in from_workers][:5]
