@@ -18,6 +18,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -82,7 +83,7 @@ def _wrap_cleanup(original):
     return cleanup
 
 
-def _wrap_update_progress(original, host: Host):
+def _wrap_update_progress(original, host: Host, clamps_in_host: bool = False):
     """Exact progress counters.
 
     - Each image's result counts reach the host's progress once: from the delivery that
@@ -96,12 +97,18 @@ def _wrap_update_progress(original, host: Host):
       once lose one update. A PostgreSQL advisory lock, held around the host's call, keeps
       the host's own transactions and its cleanup after them as they are (a row lock would
       need a transaction around them, and the cleanup would run before the commit).
+    - Never backwards (``_never_backwards``): where the host writes each stage through its
+      progress's ``update_stage`` (``clamps_in_host``, see ``_wrap_update_stage``), the
+      clamp is applied there, to the job the host itself just read: no read of ours.
     """
     signature = inspect.signature(original)
     # A host that row-locks the job in its own write (the pre-fix one) serializes its writes
     # itself: the results stage, which the patch neither clamps nor holds there, needs no
-    # lock of ours (two statements fewer per result).
-    host_locks_row = "select_for_update" in getattr(getattr(original, "__code__", None), "co_names", ())
+    # lock of ours (two statements fewer per result); nor does any stage whose never-backwards
+    # clamp runs on the host's own row-locked read (two more).
+    names = getattr(getattr(original, "__code__", None), "co_names", ())
+    host_locks_row = "select_for_update" in names
+    clamps_in_host = clamps_in_host and "update_stage" in names
 
     @functools.wraps(original)
     def _update_job_progress(*args, **kwargs):
@@ -119,7 +126,10 @@ def _wrap_update_progress(original, host: Host):
         run = context.current()
         stage = arguments.get("stage")
         claim = run.claims.get(stage) if run is not None and stage == "results" else None
-        needs_lock = not (host_locks_row and stage == "results" and (run is None or run.ack_attempted))
+        if stage == "results":
+            needs_lock = not (host_locks_row and (run is None or run.ack_attempted))
+        else:
+            needs_lock = not (host_locks_row and clamps_in_host)
         with progress_lock(arguments.get("job_id") if needs_lock else None):
             # No claim: the host's own update_state ran (not patched); leave its call alone.
             added = 0
@@ -139,8 +149,14 @@ def _wrap_update_progress(original, host: Host):
                     args, kwargs = _as_far_as_counted(signature, args, kwargs,
                                                       done / claim.total if claim.total else None)
             try:
-                kwargs = _never_backwards(host, arguments.get("job_id"), stage, kwargs)
-                return original(*args, **kwargs)
+                if not clamps_in_host:
+                    kwargs = _never_backwards(host, arguments.get("job_id"), stage, kwargs)
+                    return original(*args, **kwargs)
+                _clamp.stage = stage if any(k in kwargs for k in MONOTONIC) else None
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    _clamp.stage = None
             except BaseException:
                 if added:
                     _uncount(claim, arguments.get("job_id"))
@@ -190,15 +206,24 @@ def _uncount(claim, job_id, patience: float = UNCOUNT_PATIENCE) -> None:
 def _never_backwards(host: Host, job_id, stage, kwargs: dict) -> dict:
     """Under the lock, a Redis snapshot taken before another worker's newer one must not
     overwrite it: processed and failed only grow, remaining only shrinks. (The host writes
-    the passed values as they are.) A host whose progress has another shape is left as is."""
+    the passed values as they are.) A host whose progress has another shape is left as is.
+    The fallback of ``_wrap_update_stage``, for a host that does not write through it."""
     if not any(k in kwargs for k in MONOTONIC):
         return kwargs
     try:
         job = host.target("JOB_MODEL").objects.only("progress").get(pk=job_id)
-        stored = {p.key: p.value for p in job.progress.get_stage(stage).params}
+        stored = _stored_params(job.progress, stage)
     except Exception:  # noqa: BLE001 - a missing job or stage is the host's to report
         return kwargs
-    out = dict(kwargs)
+    return _monotonic(kwargs, stored)
+
+
+def _stored_params(progress, stage) -> dict:
+    return {p.key: p.value for p in progress.get_stage(stage).params}
+
+
+def _monotonic(values: dict, stored: dict) -> dict:
+    out = dict(values)
     for key, pick in MONOTONIC.items():
         if isinstance(out.get(key), int) and isinstance(stored.get(key), int):
             out[key] = pick(out[key], stored[key])
@@ -206,6 +231,46 @@ def _never_backwards(host: Host, job_id, stage, kwargs: dict) -> dict:
 
 
 MONOTONIC = {"processed": max, "failed": max, "remaining": min}
+
+# The stage whose next ``update_stage`` call (this thread, inside the host's progress write)
+# gets the never-backwards clamp; None outside it.
+_clamp = threading.local()
+
+
+def _wrap_update_stage(original):
+    """The job progress's ``update_stage``, clamped never-backwards (``_never_backwards``)
+    against the stage as the host just read it, inside its own write: under its row lock
+    (pre-fix) or the progress lock (current), so the stored values are the latest. Only the
+    first call for the stage the patched ``_update_job_progress`` is writing; every other
+    call is the host's, untouched."""
+
+    @functools.wraps(original)
+    def update_stage(self, stage_key_or_name, **stage_parameters):
+        stage = getattr(_clamp, "stage", None)
+        if stage is not None and stage_key_or_name == stage:
+            _clamp.stage = None
+            try:
+                stored = _stored_params(self, stage)
+            except Exception:  # noqa: BLE001 - a missing stage is the host's to report
+                stored = {}
+            stage_parameters = _monotonic(stage_parameters, stored)
+        return original(self, stage_key_or_name, **stage_parameters)
+
+    return update_stage
+
+
+def _progress_class(job_model):
+    """The class of a job's ``progress`` when it has ``get_stage`` and ``update_stage``
+    (the host writes a stage through the latter), else None."""
+    try:
+        field = job_model._meta.get_field("progress")
+        default = field.default() if callable(field.default) else field.default
+    except Exception:  # noqa: BLE001 - another shape: the fallback read is used
+        return None
+    cls = type(default)
+    if all(callable(getattr(cls, name, None)) for name in ("get_stage", "update_stage")):
+        return cls
+    return None
 
 
 LOCK_SPACE = 0x626C6770  # "blgp": the advisory-lock key space of progress writes
@@ -252,6 +317,7 @@ def install(config: Config | None = None) -> InstallReport:
     t = cfg.targets
     manager, tasks, task = host.target("STATE_MANAGER"), host.target("TASKS_MODULE"), host.target("RESULT_TASK")
     ack_name, progress_name = cfg.helpers["ACK"], cfg.helpers["UPDATE_PROGRESS"]
+    progress_cls = _progress_class(host.target("JOB_MODEL"))
 
     def ack_timeout() -> float:
         return host.config.ack_timeout
@@ -262,7 +328,8 @@ def install(config: Config | None = None) -> InstallReport:
         (host.target("QUEUE_MANAGER"), "acknowledge_task", lambda o: make_acknowledge_task(ack_timeout),
          f"{t['QUEUE_MANAGER']}.acknowledge_task"),
         (tasks, ack_name, lambda o: wrap_ack_helper(o, ack_timeout), f"{t['TASKS_MODULE']}.{ack_name}"),
-        (tasks, progress_name, lambda o: _wrap_update_progress(o, host), f"{t['TASKS_MODULE']}.{progress_name}"),
+        (tasks, progress_name, lambda o: _wrap_update_progress(o, host, clamps_in_host=progress_cls is not None),
+         f"{t['TASKS_MODULE']}.{progress_name}"),
         (task, "run", lambda o: result_task.wrap_run(task, o, host), f"{t['RESULT_TASK']}.run"),
     ]
     job_model = host.target("JOB_MODEL")
@@ -271,6 +338,8 @@ def install(config: Config | None = None) -> InstallReport:
         if original is not None and reaper.applies(original):
             plan.append((tasks, name, lambda o: reaper.wrap(o, lambda: getattr(job_model, "STALLED_JOBS_MAX_MINUTES", 10)),
                          f"{t['TASKS_MODULE']}.{name}"))
+    if progress_cls is not None:  # part of the progress write's patch: no label of its own
+        plan.append((progress_cls, "update_stage", _wrap_update_stage, None))
     originals = []
     for owner, name, make, label in plan:
         original = getattr(owner, name)
@@ -278,7 +347,8 @@ def install(config: Config | None = None) -> InstallReport:
         setattr(wrapper, MARK, True)
         originals.append((owner, name, original, name in vars(owner)))
         setattr(owner, name, wrapper)
-        report.patched.append(label)
+        if label is not None:
+            report.patched.append(label)
     _installed = _Installed(host, originals, list(report.patched))
     set_host(host)
     logger.info("blipguard: %s (ack_wait %gs, result queue %s)", report, host.ack_wait(), host.config.result_queue)

@@ -108,9 +108,14 @@ def claim_blip(dependency: str, now: float | None = None) -> tuple[str, bool]:
     return result[0]
 
 
-def on_success(now: float | None = None) -> None:
+_UNREAD = object()
+
+
+def on_success(now: float | None = None, board_data=_UNREAD) -> None:
     """A result went through: the blips with no transient error for QUIET seconds are over
-    (a result finishing just as the dependency goes down does not end the blip)."""
+    (a result finishing just as the dependency goes down does not end the blip).
+    ``board_data``: the pause board as the caller just read it (``breaker.on_success``
+    reads it once for both), or ``None`` when there is no board."""
     now = time.time() if now is None else now
 
     def end(data: dict) -> dict:
@@ -126,7 +131,7 @@ def on_success(now: float | None = None) -> None:
     if b is None:
         if stale({"sentry": _local_sent}):
             _update(end)
-    elif stale(b.read()):
+    elif stale(b.read() if board_data is _UNREAD or board_data is None else board_data):
         b.update(end)
 
 

@@ -61,6 +61,22 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {mine, redis.call('HLEN', KEYS[1])}
 """
+# The claim and the count mark in one round trip, where no redelivery can come between them:
+# the host acked before its results stage (the pre-fix order), so no lock is waited for
+# between the two either. Returns {claimed to count, how many are this delivery's to count,
+# how many are counted in all}; the mark as COUNT's, when the claim has images to count.
+CLAIM_COUNT = CLAIM.replace("return n\n", """local mine = 0
+if n > 0 then
+  for i = 3, #ARGV do
+    redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[1])
+    if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[1] then
+      mine = mine + 1
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return {n, mine, redis.call('HLEN', KEYS[3])}
+""")
 UNCOUNT = """
 for i = 2, #ARGV do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
@@ -69,6 +85,8 @@ for i = 2, #ARGV do
 end
 """
 CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest()
+CLAIM_COUNT_SHA = hashlib.sha1(CLAIM_COUNT.encode()).hexdigest()
+COUNTED_STAGE = "results"  # the stage whose claims carry result counts (patcher.py)
 
 
 def owner_key(manager, stage: str) -> str:
@@ -93,13 +111,18 @@ class Claim:
     """This delivery's images in one stage, and the hash (image -> delivery) that marks
     whose counts are in."""
 
-    def __init__(self, redis, key: str, ids: list[str], total: int, ttl: int, delivery: str | None):
+    def __init__(self, redis, key: str, ids: list[str], total: int, ttl: int, delivery: str | None,
+                 counted: tuple[int, int] | None = None):
         self.redis, self.key, self.ids, self.total, self.ttl = redis, key, ids, total, ttl
         self.delivery = delivery or "-"
+        self._counted = counted  # marked already, in the claim's round trip (CLAIM_COUNT)
 
     def count(self) -> tuple[int, int]:
         """Mark this delivery's images counted: (how many are this delivery's to count,
         how many are counted in all)."""
+        if self._counted is not None:
+            counted, self._counted = self._counted, None
+            return counted
         mine, done = self.redis.register_script(COUNT)(keys=[self.key], args=[self.delivery, self.ttl, *self.ids])
         return int(mine), int(done)
 
@@ -108,14 +131,16 @@ class Claim:
             self.redis.register_script(UNCOUNT)(keys=[self.key], args=[self.delivery, *self.ids])
 
 
-def _execute(manager, stage: str, ids: list[str], failed: list[str], delivery: str | None, by_sha: bool):
+def _execute(manager, stage: str, ids: list[str], failed: list[str], delivery: str | None, by_sha: bool,
+             count: bool = False):
     pending_key = manager._get_pending_key(stage)
     failed_key = manager._failed_key
     ttl = _ttl(manager)
     pipe = manager._get_redis().pipeline()
     if ids and delivery:
         args = (3, pending_key, owner_key(manager, stage), counted_key(manager, stage), delivery, ttl, *ids)
-        pipe.evalsha(CLAIM_SHA, *args) if by_sha else pipe.eval(CLAIM, *args)
+        script, sha = (CLAIM_COUNT, CLAIM_COUNT_SHA) if count else (CLAIM, CLAIM_SHA)
+        pipe.evalsha(sha, *args) if by_sha else pipe.eval(script, *args)
     elif ids:
         pipe.srem(pending_key, *ids)
     if failed:
@@ -144,11 +169,14 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
     delivery = run.delivery if run is not None else None
     if run is not None:
         run.stage = stage
+    # Acked already (the pre-fix order): nothing is redelivered after this claim and no lock
+    # is waited for before the count, so the count mark rides on the claim's round trip.
+    count = bool(ids and delivery and stage == COUNTED_STAGE and run is not None and run.ack_attempted)
     try:
         try:
-            results = _execute(manager, stage, ids, failed, delivery, by_sha=True)
+            results = _execute(manager, stage, ids, failed, delivery, by_sha=True, count=count)
         except NoScriptError:  # first use since Redis started: send the script once in full
-            results = _execute(manager, stage, ids, failed, delivery, by_sha=False)
+            results = _execute(manager, stage, ids, failed, delivery, by_sha=False, count=count)
     except Exception as e:
         note_transient(e)
         raise
@@ -159,11 +187,16 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
     total = int(total_raw)
     processed = total - remaining
     percentage = processed / total if total else 1.0
-    newly = int(results[0]) if ids else 0
+    counted = None
+    if count:
+        newly, mine, done = (int(x) for x in results[0])
+        counted = (mine, done)
+    else:
+        newly = int(results[0]) if ids else 0
     if run is not None:
         run.newly[stage] = newly
         run.claims[stage] = Claim(manager._get_redis(), counted_key(manager, stage), ids if newly else [], total,
-                                  ttl=_ttl(manager), delivery=delivery)
+                                  ttl=_ttl(manager), delivery=delivery, counted=counted)
     logging.getLogger(type(manager).__module__).info(
         f"Pending images from Redis for job {manager.job_id} {stage}: {remaining}/{total}: {percentage * 100}%"
     )

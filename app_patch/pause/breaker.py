@@ -115,10 +115,15 @@ def on_transient(task, dependency: str, exc: BaseException, cfg) -> None:
 
 
 def on_success() -> None:
-    """A result went through: the failure streak is over."""
+    """A result went through: the failure streak is over, and so are the Sentry blips quiet
+    for long enough (``sentry.on_success``). One read of the board for both."""
+    from .. import sentry
+
     b = board.current()
-    if b is not None and b.read().get("failures"):
-        b.update(lambda data: {**data, "failures": {}})
+    data = b.read() if b is not None else None
+    if data is not None and data.get("failures"):
+        b.update(lambda d: {**d, "failures": {}})
+    sentry.on_success(board_data=data)
 
 
 def _reason(cfg, exc: BaseException) -> str:

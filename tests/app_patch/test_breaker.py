@@ -128,6 +128,21 @@ def test_on_success_resets_the_streak(fresh_board):
     assert control.sent == [] and fresh_board.read()["failures"] == {"redis": 1}
 
 
+def test_on_success_reads_the_board_once_and_ends_quiet_sentry_blips_too(fresh_board, monkeypatch):
+    from blipguard.app_patch import sentry
+
+    now = time.time()
+    fresh_board.update(lambda d: {**d, "failures": {"redis": 2},
+                                  "sentry": {"streaks": {"redis": {"last": now - 2 * sentry.QUIET}}, "sent": []}})
+    reads = []
+    read = fresh_board.read
+    monkeypatch.setattr(fresh_board, "read", lambda: reads.append(1) or read())
+    breaker.on_success()
+    assert len(reads) == 1, "one board read per result for the breaker and Sentry"
+    data = read()
+    assert data["failures"] == {} and data["sentry"]["streaks"] == {}
+
+
 @pytest.mark.parametrize("settings, dependency", [({"BREAKER": False}, "redis"), ({}, "postgres")])
 def test_on_transient_ignores_a_disabled_breaker_and_unprobed_dependencies(fresh_board, settings, dependency):
     cfg, control = parse({**settings, "BREAKER_THRESHOLD": 1}), Broadcasts()

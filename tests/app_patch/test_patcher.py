@@ -307,3 +307,52 @@ def test_a_count_mark_whose_reply_was_lost_is_taken_back(host_config, monkeypatc
             tasks._update_job_progress(1, "results", 0.25, complete_state="SUCCESS", detections=1)
     assert claim.uncounted == 3, "the unmark is tried again until Redis answers"
     assert "results" not in [c[1] for c in host["calls"]], "nothing was written"
+
+
+def test_never_backwards_is_clamped_on_the_hosts_own_read_through_update_stage(host_config):
+    """Where the host writes a stage through its progress's ``update_stage``, the patch clamps
+    there, against the stage as the host just read it: processed and failed only grow,
+    remaining only shrinks, and the patch reads nothing itself. Uninstall restores the method."""
+
+    class Progress:
+        stored = {"processed": 5, "failed": 1, "remaining": 3}
+
+        def get_stage(self, key):
+            return types.SimpleNamespace(params=[types.SimpleNamespace(key=k, value=v) for k, v in self.stored.items()])
+
+        def update_stage(self, key, **values):
+            Progress.written.append((key, values))
+
+    Progress.written = []
+
+    class Objects:
+        def only(self, *a):
+            raise AssertionError("the patch must not read the job itself")
+
+    class Field:
+        default = Progress
+
+    class Job:
+        objects = Objects()
+        logger = logging.getLogger("fakehost.job")
+        _meta = types.SimpleNamespace(get_field=lambda name: Field)
+
+    def _update_job_progress(job_id, stage, progress_percentage, complete_state, **state_params):
+        Progress().update_stage(stage, progress=progress_percentage, **state_params)
+        Progress().update_stage(stage, processed=0)  # a second call of the host's own: not clamped
+
+    original = Progress.update_stage
+    host, cfg = host_config(models__Job=Job, tasks___update_job_progress=_update_job_progress)
+    report = patcher.install(cfg)
+    assert not report.refused and len(report.patched) == 6 and Progress.update_stage is not original
+    tasks = sys.modules[f"{PKG}.tasks"]
+    with context.running(context.TaskRun(job_id=1)):
+        tasks._update_job_progress(1, "process", 0.4, complete_state="SUCCESS", processed=4, failed=2, remaining=6)
+    Progress().update_stage("process", processed=1)  # outside the patched write: the host's as is
+    assert Progress.written == [
+        ("process", {"progress": 0.4, "processed": 5, "failed": 2, "remaining": 3}),
+        ("process", {"processed": 0}),
+        ("process", {"processed": 1}),
+    ]
+    patcher.uninstall()
+    assert Progress.update_stage is original
