@@ -34,15 +34,11 @@ def stream_and_seq(reply_subject: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(4))) if m else None
 
 
-def attempt_seconds(ack_timeout: float) -> float:
-    """The longest the acks of one run of the result task can wait on JetStream: the first ack
-    and its inline re-acks share one ack timeout, plus the pauses before the re-acks. (The
-    host's own connect before each ack is the host's; its connect_timeout is not ours to bound.)"""
-    return ack_timeout + sum(ACK_AGAIN)
-
-
 def ack_time_left(run, ack_timeout: float) -> float:
-    """Seconds left for this run's acks; the clock starts at its first ack."""
+    """Seconds left for this run's acks. The clock starts at its first ack (the host's
+    connect included); the inline re-acks and the pauses before them fit inside it, so one
+    run's acks take one ack timeout, as the retry fit counts them. (A re-ack's own connect,
+    the host's, can overrun it by the host's connect_timeout.)"""
     now = time.monotonic()
     if run.ack_ends is None:
         run.ack_ends = now + ack_timeout

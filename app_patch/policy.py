@@ -1,6 +1,5 @@
 """The retry policy in force in this process, fitted to the host's ack_wait."""
 
-from .ack import attempt_seconds
 from .redis_options import worst_attempt_seconds
 from .retry_policy import RetryPolicy, fit_to_ack_wait
 
@@ -21,8 +20,9 @@ def policy_for(host) -> RetryPolicy:
             attempt = worst_attempt_seconds(redis_connection_kwargs(cfg.cache_alias))
         except Exception:
             attempt = 0.0
-        # An attempt's Redis work fails before its ack, or its acks (re-acks included) fail.
-        attempt = max(attempt, attempt_seconds(cfg.ack_timeout))
+        # An attempt's Redis work fails before its ack, or its acks (re-acks included: they
+        # share one ack timeout, ack.ack_time_left) fail.
+        attempt = max(attempt, cfg.ack_timeout)
         _cache[key] = fit_to_ack_wait(
             host.ack_wait(),
             cfg.max_retries,

@@ -96,7 +96,7 @@ def _ended(host, job_id: int) -> bool:
 def _ack_again(host, job_id: int, reply_subject: str, run, cause) -> bool:
     """Re-ack at once, a couple of times, before falling back to a Celery retry: the ack is
     cheap, and a retry waits behind every result queued meanwhile. Only while this run's
-    ack time lasts: the retry policy is fitted to that (ack.attempt_seconds)."""
+    ack time lasts: the retry policy is fitted to that (ack.ack_time_left)."""
     job_logger = host.job_logger(job_id)
     for attempt, pause in enumerate(ACK_AGAIN, start=2):
         if run.ack_ends is not None and time.monotonic() + pause + 0.05 >= run.ack_ends:

@@ -27,7 +27,6 @@ import re
 import pytest
 
 from blipguard import refapp
-from blipguard.app_patch.ack import attempt_seconds
 from blipguard.app_patch.retry_policy import RetryPolicy, fit_to_ack_wait
 from blipguard.harness.jobrun import consumer_stats, run_job
 from blipguard.localstack import faults
@@ -40,8 +39,8 @@ MAX_RETRIES = 1
 BACKOFF = 60.0  # BACKOFF_BASE and BACKOFF_MAX: unfitted, the one retry waits 30-60 s
 ACK_TIMEOUT = 5.0  # the patch's default; an attempt's acks share it, counted against every attempt when fitting
 # What the patch fits that to (pure; the workers do the same at start-up).
-FITTED = fit_to_ack_wait(ACK_WAIT, MAX_RETRIES, BACKOFF, BACKOFF, attempt_max=attempt_seconds(ACK_TIMEOUT))
-UNFITTED = RetryPolicy(MAX_RETRIES, BACKOFF, BACKOFF, attempt_seconds(ACK_TIMEOUT))
+FITTED = fit_to_ack_wait(ACK_WAIT, MAX_RETRIES, BACKOFF, BACKOFF, attempt_max=ACK_TIMEOUT)
+UNFITTED = RetryPolicy(MAX_RETRIES, BACKOFF, BACKOFF, ACK_TIMEOUT)
 NO_CLIENT_RETRIES = {"BLIPGUARD_SOCKET_TIMEOUT": "1", "BLIPGUARD_CONNECT_TIMEOUT": "1", "BLIPGUARD_REDIS_RETRIES": "0"}
 RETRYING = re.compile(r"Retrying in (\d+(?:\.\d+)?)s \(retry (\d+) of (\d+)\)")
 
