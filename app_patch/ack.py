@@ -35,14 +35,14 @@ def stream_and_seq(reply_subject: str) -> tuple[str, int] | None:
 
 
 def ack_time_left(run, ack_timeout: float) -> float:
-    """Seconds left for this run's acks. The clock starts at its first ack (the host's
-    connect included); the inline re-acks and the pauses before them fit inside it, so one
-    run's acks take one ack timeout, as the retry fit counts them. (A re-ack's own connect,
-    the host's, can overrun it by the host's connect_timeout.)"""
-    now = time.monotonic()
-    if run.ack_ends is None:
-        run.ack_ends = now + ack_timeout
-    return run.ack_ends - now
+    """Seconds left of this run's ack time: its acks (the host's helper, its connect
+    included) and the pauses before the inline re-acks share one ack timeout, as the retry
+    fit counts them. Time spent acking, not since the first ack: on the pre-fix platform
+    the results stage runs between the first ack and the re-acks. (The first request
+    always gets the whole timeout, so a slow connect can overrun it by the host's
+    connect_timeout.)"""
+    running = time.monotonic() - run.ack_call_started if run.ack_call_started is not None else 0.0
+    return ack_timeout - run.ack_spent - running
 
 
 async def confirmed_ack(nc, reply_subject: str, timeout: float) -> None:
@@ -59,11 +59,13 @@ def make_acknowledge_task(timeout_getter):
         run = context.current()
         timeout = timeout_getter()
         if run is not None:
-            timeout = ack_time_left(run, timeout)
-            if timeout < 0.05:
-                run.ack_unconfirmed = "no time left for another ack in this run (its acks share one ack timeout)"
-                logger.warning("Failed to acknowledge task: %s", run.ack_unconfirmed)
-                return False
+            if run.ack_requested:
+                timeout = ack_time_left(run, timeout)
+                if timeout < 0.05:
+                    run.ack_unconfirmed = "no time left for another ack in this run (its acks share one ack timeout)"
+                    logger.warning("Failed to acknowledge task: %s", run.ack_unconfirmed)
+                    return False
+            run.ack_requested = True
         try:
             await confirmed_ack(self.nc, reply_subject, timeout)
         except Exception as e:  # noqa: BLE001 - the host's contract: False, never an exception
@@ -79,18 +81,23 @@ def make_acknowledge_task(timeout_getter):
     return acknowledge_task
 
 
-def wrap_ack_helper(original, timeout_getter):
+def wrap_ack_helper(original):
     """The host's ``_ack_task_via_nats``: it never raises and says nothing (pre-fix) or a
-    bool; a failed connect never reaches ``acknowledge_task``. Note any unconfirmed ack.
-    The run's ack clock starts here, so the host's connect counts too."""
+    bool; a failed connect never reaches ``acknowledge_task``. Note any unconfirmed ack,
+    and the time the call took (the host's connect included: ``ack_time_left``)."""
 
     def _ack_task_via_nats(reply_subject, job_logger, *args, **kwargs):
         run = context.current()
         if run is not None:
-            ack_time_left(run, timeout_getter())
             run.ack_unconfirmed = "not attempted"
             run.ack_attempted = True
-        result = original(reply_subject, job_logger, *args, **kwargs)
+            run.ack_call_started = time.monotonic()
+        try:
+            result = original(reply_subject, job_logger, *args, **kwargs)
+        finally:
+            if run is not None and run.ack_call_started is not None:
+                run.ack_spent += time.monotonic() - run.ack_call_started
+                run.ack_call_started = None
         if run is not None and run.ack_unconfirmed == "not attempted":
             # Only a confirmed ack clears the mark: an exception inside the helper (a
             # failed connect, say) was caught and logged by the host.

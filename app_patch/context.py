@@ -23,7 +23,9 @@ class TaskRun:
     claims: dict[str, object] = field(default_factory=dict)  # stage -> state.Claim
     transient: BaseException | None = None  # a transient error the host's body may swallow
     ack_unconfirmed: str | None = None  # why the last ack was not confirmed by JetStream
-    ack_ends: float | None = None  # monotonic time when this run's acks are out of time (ack.ack_time_left)
+    ack_spent: float = 0.0  # seconds this run's acks and re-ack pauses took (ack.ack_time_left)
+    ack_call_started: float | None = None  # monotonic start of the ack helper call in progress
+    ack_requested: bool = False  # an ack request went out in this run (the first gets the whole timeout)
     ack_attempted: bool = False  # the body called its ack helper (no NATS redelivery after that)
     results_counted: bool = False  # this run passed result counts to the host's progress
     missing_state: str | None = None  # why the job's state keys are gone, when they are

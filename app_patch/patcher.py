@@ -89,9 +89,10 @@ def _wrap_update_progress(original, host: Host, clamps_in_host: bool = False):
     - Each image's result counts reach the host's progress once: from the delivery that
       moved it out of the results stage or, if that one died before its write, from the
       NATS redelivery (the pre-fix host adds them on every call, so a redelivery doubled
-      them; the current one drops them when its claim moved nothing). Marked under the
-      lock, so two live deliveries never both add them; the results stage is held below
-      100 % until every image's counts are in.
+      them; the current one drops them when its claim moved nothing). Marked atomically in
+      Redis, so two live deliveries never both add them; where the host acks last (the
+      current platform) the mark is made under the lock, just before the write, and the
+      results stage is held below 100 % until every image's counts are in.
     - Progress writes of one job are serialized: the current host reads the job with a
       plain ``get()`` and writes the stage back whole, so two workers updating one job at
       once lose one update. A PostgreSQL advisory lock, held around the host's call, keeps
@@ -147,14 +148,17 @@ def _wrap_update_progress(original, host: Host, clamps_in_host: bool = False):
                     kwargs = {k: (0 if k in COUNTS else v) for k, v in kwargs.items()}
                 if not run.ack_attempted:
                     args, kwargs = _as_far_as_counted(signature, args, kwargs,
-                                                      done / claim.total if claim.total else None)
+                                                      min(done / claim.total, 1.0) if claim.total else None)
             try:
                 if not clamps_in_host:
                     kwargs = _never_backwards(host, arguments.get("job_id"), stage, kwargs)
                     return original(*args, **kwargs)
                 _clamp.stage = stage if any(k in kwargs for k in MONOTONIC) else None
                 try:
-                    return original(*args, **kwargs)
+                    result = original(*args, **kwargs)
+                    if _clamp.stage is not None:
+                        _clamp_missed(stage)
+                    return result
                 finally:
                     _clamp.stage = None
             except BaseException:
@@ -259,6 +263,18 @@ def _wrap_update_stage(original):
     return update_stage
 
 
+_missed_warned: set = set()
+
+
+def _clamp_missed(stage) -> None:
+    """The host wrote a stage without the ``update_stage`` the clamp is on (a subclass that
+    overrides it, say): that write was not clamped. Said once per stage and process."""
+    if stage not in _missed_warned:
+        _missed_warned.add(stage)
+        logger.warning("blipguard: the progress write of stage %r did not go through the patched update_stage: "
+                       "its never-backwards clamp was not applied", stage)
+
+
 def _progress_class(job_model):
     """The class of a job's ``progress`` when it has ``get_stage`` and ``update_stage``
     (the host writes a stage through the latter), else None."""
@@ -327,7 +343,7 @@ def install(config: Config | None = None) -> InstallReport:
         (manager, "cleanup", _wrap_cleanup, f"{t['STATE_MANAGER']}.cleanup"),
         (host.target("QUEUE_MANAGER"), "acknowledge_task", lambda o: make_acknowledge_task(ack_timeout),
          f"{t['QUEUE_MANAGER']}.acknowledge_task"),
-        (tasks, ack_name, lambda o: wrap_ack_helper(o, ack_timeout), f"{t['TASKS_MODULE']}.{ack_name}"),
+        (tasks, ack_name, wrap_ack_helper, f"{t['TASKS_MODULE']}.{ack_name}"),
         (tasks, progress_name, lambda o: _wrap_update_progress(o, host, clamps_in_host=progress_cls is not None),
          f"{t['TASKS_MODULE']}.{progress_name}"),
         (task, "run", lambda o: result_task.wrap_run(task, o, host), f"{t['RESULT_TASK']}.run"),

@@ -21,7 +21,7 @@ import threading
 import time
 
 from . import context, messages, metrics, sentry
-from .ack import ACK_AGAIN
+from .ack import ACK_AGAIN, ack_time_left
 from .classify import classify
 from .errors import TransientDependencyError, describe
 from .pause import board, breaker
@@ -99,9 +99,10 @@ def _ack_again(host, job_id: int, reply_subject: str, run, cause) -> bool:
     ack time lasts: the retry policy is fitted to that (ack.ack_time_left)."""
     job_logger = host.job_logger(job_id)
     for attempt, pause in enumerate(ACK_AGAIN, start=2):
-        if run.ack_ends is not None and time.monotonic() + pause + 0.05 >= run.ack_ends:
+        if ack_time_left(run, host.config.ack_timeout) < pause + 0.05:
             return False
         threading.Event().wait(pause)
+        run.ack_spent += pause
         host.helper("ACK")(reply_subject, job_logger)
         if run.ack_unconfirmed is None:
             job_logger.warning(messages.transient_acked(cause.cause, attempt))

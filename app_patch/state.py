@@ -11,9 +11,10 @@ What it adds: ``newly_removed`` counts the images of this delivery whose result 
 still to be added: the ones it moved out of the stage's pending set, and ones another
 delivery moved but never counted (that worker died between its claim and its progress
 write; this NATS redelivery takes them over). A redelivery of an image already counted
-counts 0. The progress write marks what it counts (``Claim.count``, under the job's
-progress lock, patcher.py), so two live deliveries never both count one image, and the
-results stage reaches 100 % only once every image's counts are in. Plus a missing-state
+counts 0. What is counted is marked atomically (``Claim.count``, just before the progress
+write, under the job's progress lock, patcher.py; on the pre-fix platform in the claim's
+own script), so two live deliveries never both count one image, and on the current
+platform the results stage reaches 100 % only once every image's counts are in. Plus a missing-state
 diagnosis in the job's own log.
 """
 
@@ -48,29 +49,35 @@ end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return n
 """
-# Marks images counted by this delivery: {how many are this delivery's to count, how many
-# are counted in all}. Idempotent for one delivery: a retry after a lost reply counts again.
+# Marks this delivery's images counted (KEYS[1] the counted hash), only images of the job
+# (claimed: in KEYS[2], the owner hash), so the count never exceeds the claims: {how many
+# are this delivery's to count, how many are counted in all}. Idempotent for one delivery:
+# a retry after a lost reply counts again.
 COUNT = """
 local mine = 0
 for i = 3, #ARGV do
-  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1])
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
-    mine = mine + 1
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1])
+    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+      mine = mine + 1
+    end
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {mine, redis.call('HLEN', KEYS[1])}
 """
-# The claim and the count mark in one round trip, where no redelivery can come between them:
-# the host acked before its results stage (the pre-fix order), so no lock is waited for
-# between the two either. Returns {claimed to count, how many are this delivery's to count,
-# how many are counted in all}; the mark as COUNT's, when the claim has images to count.
+# The claim and the count mark in one round trip, where the host acked before its results
+# stage (the pre-fix order): its write is not held for counts, so no lock is waited for
+# between the two. Returns {claimed to count, how many are this delivery's to count, how
+# many are counted in all}; the mark as COUNT's, when the claim has images to count.
 CLAIM_COUNT = CLAIM.replace("return n\n", """local mine = 0
 if n > 0 then
   for i = 3, #ARGV do
-    redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[1])
-    if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[1] then
-      mine = mine + 1
+    if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+      redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[1])
+      if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[1] then
+        mine = mine + 1
+      end
     end
   end
 end
@@ -112,8 +119,9 @@ class Claim:
     whose counts are in."""
 
     def __init__(self, redis, key: str, ids: list[str], total: int, ttl: int, delivery: str | None,
-                 counted: tuple[int, int] | None = None):
+                 counted: tuple[int, int] | None = None, owner: str = ""):
         self.redis, self.key, self.ids, self.total, self.ttl = redis, key, ids, total, ttl
+        self.owner = owner  # the owner hash: only images claimed in the job are marked
         self.delivery = delivery or "-"
         self._counted = counted  # marked already, in the claim's round trip (CLAIM_COUNT)
 
@@ -123,7 +131,8 @@ class Claim:
         if self._counted is not None:
             counted, self._counted = self._counted, None
             return counted
-        mine, done = self.redis.register_script(COUNT)(keys=[self.key], args=[self.delivery, self.ttl, *self.ids])
+        mine, done = self.redis.register_script(COUNT)(keys=[self.key, self.owner],
+                                                       args=[self.delivery, self.ttl, *self.ids])
         return int(mine), int(done)
 
     def uncount(self) -> None:
@@ -169,8 +178,8 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
     delivery = run.delivery if run is not None else None
     if run is not None:
         run.stage = stage
-    # Acked already (the pre-fix order): nothing is redelivered after this claim and no lock
-    # is waited for before the count, so the count mark rides on the claim's round trip.
+    # Acked already (the pre-fix order): the results stage is not held for counts, so no
+    # lock is waited for before the count, and the count mark rides on the claim's round trip.
     count = bool(ids and delivery and stage == COUNTED_STAGE and run is not None and run.ack_attempted)
     try:
         try:
@@ -196,7 +205,8 @@ def update_state(manager, processed_image_ids, stage: str, failed_image_ids=None
     if run is not None:
         run.newly[stage] = newly
         run.claims[stage] = Claim(manager._get_redis(), counted_key(manager, stage), ids if newly else [], total,
-                                  ttl=_ttl(manager), delivery=delivery, counted=counted)
+                                  ttl=_ttl(manager), delivery=delivery, counted=counted,
+                                  owner=owner_key(manager, stage))
     logging.getLogger(type(manager).__module__).info(
         f"Pending images from Redis for job {manager.job_id} {stage}: {remaining}/{total}: {percentage * 100}%"
     )

@@ -71,7 +71,8 @@ def assert_carried_by(outcome, client: str, platform):
 
 
 def run(stack, web, redis_direct, platform, fault, workers=None, n=N_IMAGES, **kw):
-    """One job with ``fault`` at 30 %; ``outcome.worker_log`` is what the workers printed meanwhile."""
+    """One job with ``fault`` at 30 %; ``outcome.worker_log`` is what the workers printed meanwhile
+    (also written to the file named by ``BLIPGUARD_DUMP``, if set, even when the job never ends)."""
     settle = kw.pop("settle", lambda: stack.rabbitmq.queue_depth(platform.result_queue) == 0)
     start = {h: len(workers.logs(h)) for h in workers.hostnames} if workers else {}
     try:

@@ -1,15 +1,25 @@
-"""One run's acks share one ack timeout, so the retry policy can be fitted to it."""
+"""One run's acks share one ack timeout, so the retry policy can be fitted to it.
+
+The host's ack helper is a sync function that opens a connection and awaits the queue
+manager's ``acknowledge_task``; here a fake helper does the same with a connection whose
+requests never get a reply (a reset that left the request hanging), wrapped as the patch
+wraps the host's.
+"""
 
 import asyncio
+import logging
 import time
+import types
 
 from blipguard.app_patch import context
-from blipguard.app_patch.ack import ACK_AGAIN, make_acknowledge_task
+from blipguard.app_patch.ack import ACK_AGAIN, make_acknowledge_task, wrap_ack_helper
+from blipguard.app_patch.errors import TransientDependencyError
+from blipguard.app_patch.result_task import _ack_again
+
+SUBJECT = "$JS.ACK.job_7.job-7-consumer.1.1.1.1.0"
 
 
-class SlowConnection:
-    """A NATS connection whose requests never get a reply (a reset that left the request hanging)."""
-
+class HangingConnection:
     def __init__(self):
         self.timeouts: list[float] = []
 
@@ -19,60 +29,85 @@ class SlowConnection:
         raise asyncio.TimeoutError()
 
 
-class Manager:
-    def __init__(self, nc):
-        self.nc = nc
+class FailingFastConnection(HangingConnection):
+    async def request(self, subject, payload, timeout):
+        self.timeouts.append(timeout)
+        raise ConnectionResetError("Connection reset by peer")
 
 
-def test_the_acks_of_one_run_share_one_ack_timeout():
-    nc = SlowConnection()
-    ack = make_acknowledge_task(lambda: 0.3)
-    run = context.TaskRun(7, delivery="d1")
-    with context.running(run):
-        assert asyncio.run(ack(Manager(nc), "$JS.ACK.job_7.job-7-consumer.1.1.1.1.0")) is False
-        assert asyncio.run(ack(Manager(nc), "$JS.ACK.job_7.job-7-consumer.1.1.1.1.0")) is False
-    assert len(nc.timeouts) == 1, "the second ack must not wait for JetStream again"
-    assert nc.timeouts[0] <= 0.3 + 1e-6
-    assert "no time left" in run.ack_unconfirmed
+def host_helper(nc, ack_timeout: float, before: float = 0.0):
+    """The host's ``_ack_task_via_nats`` (``before``: its connect), patched as the patch does."""
+    ack = make_acknowledge_task(lambda: ack_timeout)
+    manager = types.SimpleNamespace(nc=nc)
 
+    def _ack_task_via_nats(reply_subject, job_logger):
+        time.sleep(before)
+        return asyncio.run(ack(manager, reply_subject))
 
-def test_a_new_run_gets_its_own_ack_time():
-    nc = SlowConnection()
-    ack = make_acknowledge_task(lambda: 0.2)
-    for delivery in ("d1", "d1"):  # a Celery retry is a new run of the same delivery
-        with context.running(context.TaskRun(7, delivery=delivery)):
-            asyncio.run(ack(Manager(nc), "$JS.ACK.job_7.job-7-consumer.1.1.1.1.0"))
-    assert len(nc.timeouts) == 2 and all(t > 0.15 for t in nc.timeouts)
+    return wrap_ack_helper(_ack_task_via_nats)
 
 
 class Host:
-    """The host's ack helper: each call takes ``seconds`` and is never confirmed."""
-
-    def __init__(self, run, seconds):
-        self.run, self.seconds, self.calls = run, seconds, 0
+    def __init__(self, helper, ack_timeout):
+        self.helper_fn, self.config = helper, types.SimpleNamespace(ack_timeout=ack_timeout)
 
     def job_logger(self, job_id):
-        import logging
-
         return logging.getLogger("test.job")
 
     def helper(self, name):
-        def ack(reply_subject, job_logger):
-            self.calls += 1
-            time.sleep(self.seconds)
-            self.run.ack_unconfirmed = "nats: timeout"
-
-        return ack
+        return self.helper_fn
 
 
-def test_inline_re_acks_stop_when_the_runs_ack_time_is_up():
-    from blipguard.app_patch.errors import TransientDependencyError
-    from blipguard.app_patch.result_task import _ack_again
+CAUSE = TransientDependencyError("nats", "nats: timeout", "acknowledging the task")
 
-    cause = TransientDependencyError("nats", "nats: timeout", "acknowledging the task")
-    fast = context.TaskRun(7, ack_ends=time.monotonic() + 10)
-    host = Host(fast, 0.0)
-    assert _ack_again(host, 7, "subject", fast, cause) is False and host.calls == len(ACK_AGAIN)
-    spent = context.TaskRun(7, ack_ends=time.monotonic() + 0.1)  # the first ack used its time
-    host = Host(spent, 0.0)
-    assert _ack_again(host, 7, "subject", spent, cause) is False and host.calls == 0
+
+def test_a_hanging_ack_uses_the_runs_ack_time_and_is_not_re_acked_inline():
+    nc = HangingConnection()
+    helper = host_helper(nc, 0.3)
+    run = context.TaskRun(7, delivery="d1")
+    with context.running(run):
+        helper(SUBJECT, None)
+        assert _ack_again(Host(helper, 0.3), 7, SUBJECT, run, CAUSE) is False
+    assert nc.timeouts == [0.3], "no re-ack may wait for JetStream once the run's ack time is spent"
+    assert run.ack_unconfirmed is not None
+
+
+def test_a_fast_failure_leaves_time_for_the_re_acks_each_given_what_is_left():
+    nc = FailingFastConnection()
+    helper = host_helper(nc, 5.0)
+    run = context.TaskRun(7, delivery="d1")
+    with context.running(run):
+        helper(SUBJECT, None)
+        assert _ack_again(Host(helper, 5.0), 7, SUBJECT, run, CAUSE) is False
+    assert len(nc.timeouts) == 1 + len(ACK_AGAIN)
+    assert nc.timeouts[0] == 5.0 and all(t < 5.0 - ACK_AGAIN[0] for t in nc.timeouts[1:]), nc.timeouts
+
+
+def test_time_outside_the_acks_is_not_counted():
+    """The pre-fix platform runs its results stage between its ack and the re-acks."""
+    nc = FailingFastConnection()
+    helper = host_helper(nc, 1.0)
+    run = context.TaskRun(7, delivery="d1")
+    with context.running(run):
+        helper(SUBJECT, None)
+        time.sleep(1.0)  # the results stage
+        _ack_again(Host(helper, 1.0), 7, SUBJECT, run, CAUSE)
+    assert len(nc.timeouts) == 1 + len(ACK_AGAIN)
+
+
+def test_the_hosts_connect_counts_but_the_first_request_gets_the_whole_timeout():
+    nc = HangingConnection()
+    helper = host_helper(nc, 0.3, before=0.2)
+    run = context.TaskRun(7, delivery="d1")
+    with context.running(run):
+        helper(SUBJECT, None)
+    assert nc.timeouts == [0.3] and run.ack_spent >= 0.5
+
+
+def test_a_new_run_gets_its_own_ack_time():
+    nc = HangingConnection()
+    helper = host_helper(nc, 0.2)
+    for _ in range(2):  # a Celery retry is a new run of the same delivery
+        with context.running(context.TaskRun(7, delivery="d1")):
+            helper(SUBJECT, None)
+    assert nc.timeouts == [0.2, 0.2]

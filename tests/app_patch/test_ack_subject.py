@@ -142,7 +142,7 @@ def test_ack_helper_wrapper_notes_a_failure_the_helper_swallowed():
 
     run = context.TaskRun(job_id=7)
     with context.running(run):
-        assert wrap_ack_helper(host_helper, lambda: 5.0)(V1, None) is None
+        assert wrap_ack_helper(host_helper)(V1, None) is None
     assert run.ack_unconfirmed
 
 
