@@ -49,39 +49,39 @@ end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return n
 """
-# Marks this delivery's images counted (KEYS[1] the counted hash), only images of the job
-# (claimed: in KEYS[2], the owner hash), so the count never exceeds the claims: {how many
-# are this delivery's to count, how many are counted in all}. Idempotent for one delivery:
-# a retry after a lost reply counts again.
-COUNT = """
-local mine = 0
-for i = 3, #ARGV do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
-    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1])
-    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
-      mine = mine + 1
+# Marks this delivery's images counted in the hash `counted`, only images of the job
+# (claimed: in the hash `owner`), so the count never exceeds the claims; returns how many
+# are this delivery's to count. Idempotent for one delivery: a retry after a lost reply
+# counts again. Shared by COUNT and CLAIM_COUNT.
+_MARK = """
+local function mark(counted, owner)
+  local mine = 0
+  for i = 3, #ARGV do
+    if redis.call('HEXISTS', owner, ARGV[i]) == 1 then
+      redis.call('HSETNX', counted, ARGV[i], ARGV[1])
+      if redis.call('HGET', counted, ARGV[i]) == ARGV[1] then
+        mine = mine + 1
+      end
     end
   end
+  redis.call('EXPIRE', counted, ARGV[2])
+  return mine
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+# KEYS[1] the counted hash, KEYS[2] the owner hash: {how many are this delivery's to count,
+# how many are counted in all}.
+COUNT = _MARK + """
+local mine = mark(KEYS[1], KEYS[2])
 return {mine, redis.call('HLEN', KEYS[1])}
 """
 # The claim and the count mark in one round trip, where the host acked before its results
 # stage (the pre-fix order): its write is not held for counts, so no lock is waited for
 # between the two. Returns {claimed to count, how many are this delivery's to count, how
 # many are counted in all}; the mark as COUNT's, when the claim has images to count.
-CLAIM_COUNT = CLAIM.replace("return n\n", """local mine = 0
+CLAIM_COUNT = CLAIM.replace("return n\n", _MARK + """local mine = 0
 if n > 0 then
-  for i = 3, #ARGV do
-    if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
-      redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[1])
-      if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[1] then
-        mine = mine + 1
-      end
-    end
-  end
+  mine = mark(KEYS[3], KEYS[2])
 end
-redis.call('EXPIRE', KEYS[3], ARGV[2])
 return {n, mine, redis.call('HLEN', KEYS[3])}
 """)
 UNCOUNT = """

@@ -61,24 +61,29 @@ class Host:
 CAUSE = TransientDependencyError("nats", "nats: timeout", "acknowledging the task")
 
 
-def test_a_hanging_ack_uses_the_runs_ack_time_and_is_not_re_acked_inline():
-    nc = HangingConnection()
-    helper = host_helper(nc, 0.3)
+def ack_then_re_ack(nc, ack_timeout: float, between: float = 0.0):
+    """One run: the host's ack, ``between`` seconds of other work, then the inline re-acks.
+    Returns the run and what the re-acks returned."""
+    helper = host_helper(nc, ack_timeout)
     run = context.TaskRun(7, delivery="d1")
     with context.running(run):
         helper(SUBJECT, None)
-        assert _ack_again(Host(helper, 0.3), 7, SUBJECT, run, CAUSE) is False
+        time.sleep(between)
+        return run, _ack_again(Host(helper, ack_timeout), 7, SUBJECT, run, CAUSE)
+
+
+def test_a_hanging_ack_uses_the_runs_ack_time_and_is_not_re_acked_inline():
+    nc = HangingConnection()
+    run, re_acked = ack_then_re_ack(nc, 0.3)
+    assert re_acked is False
     assert nc.timeouts == [0.3], "no re-ack may wait for JetStream once the run's ack time is spent"
     assert run.ack_unconfirmed is not None
 
 
 def test_a_fast_failure_leaves_time_for_the_re_acks_each_given_what_is_left():
     nc = FailingFastConnection()
-    helper = host_helper(nc, 5.0)
-    run = context.TaskRun(7, delivery="d1")
-    with context.running(run):
-        helper(SUBJECT, None)
-        assert _ack_again(Host(helper, 5.0), 7, SUBJECT, run, CAUSE) is False
+    _, re_acked = ack_then_re_ack(nc, 5.0)
+    assert re_acked is False
     assert len(nc.timeouts) == 1 + len(ACK_AGAIN)
     assert nc.timeouts[0] == 5.0 and all(t < 5.0 - ACK_AGAIN[0] for t in nc.timeouts[1:]), nc.timeouts
 
@@ -86,12 +91,7 @@ def test_a_fast_failure_leaves_time_for_the_re_acks_each_given_what_is_left():
 def test_time_outside_the_acks_is_not_counted():
     """The pre-fix platform runs its results stage between its ack and the re-acks."""
     nc = FailingFastConnection()
-    helper = host_helper(nc, 1.0)
-    run = context.TaskRun(7, delivery="d1")
-    with context.running(run):
-        helper(SUBJECT, None)
-        time.sleep(1.0)  # the results stage
-        _ack_again(Host(helper, 1.0), 7, SUBJECT, run, CAUSE)
+    ack_then_re_ack(nc, 1.0, between=1.0)  # between: the results stage
     assert len(nc.timeouts) == 1 + len(ACK_AGAIN)
 
 

@@ -85,4 +85,5 @@ def test_the_count_mark_rides_on_the_claim_only_after_the_ack(acked, stage, fold
 
 def test_the_folded_script_is_the_claim_then_the_count_mark():
     assert state.CLAIM_COUNT.startswith(state.CLAIM.rsplit("return n", 1)[0])
-    assert "HSETNX', KEYS[3]" in state.CLAIM_COUNT and "HLEN', KEYS[3]" in state.CLAIM_COUNT
+    assert "mark(KEYS[3], KEYS[2])" in state.CLAIM_COUNT and "HLEN', KEYS[3]" in state.CLAIM_COUNT
+    assert "mark(KEYS[1], KEYS[2])" in state.COUNT, "one marking function for both scripts"
