@@ -164,9 +164,10 @@ def test_a_lost_ack_is_retried_alone(stack, web, redis_direct, platform, patched
 
 
 def test_an_ack_whose_connect_is_refused_is_acked_again_at_once(stack, web, redis_direct, platform, patched):
-    """The host's ack helper connects without reconnects, so a refused connect fails at
-    once and leaves the run's ack time nearly whole: the task acks again inline, and no
-    Celery retry (which waits behind every result queued meanwhile) is needed."""
+    """The ack helper's connection is hung up on at once (a NATS server at its connection
+    limit): the host connects without reconnects, so the ack fails fast and leaves the
+    run's ack time nearly whole. The task acks again inline, and no Celery retry (which
+    waits behind every result queued meanwhile) is needed."""
     proxy = FaultProxy("127.0.0.1", stack.nats.port)
     proxy.start()
     try:

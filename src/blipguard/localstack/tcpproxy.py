@@ -1,4 +1,4 @@
-"""Thread-based TCP proxy with injectable faults (in-flight reset, refused connect, reply stall)."""
+"""Thread-based TCP proxy with injectable faults (in-flight reset, refused connection, reply stall)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,10 @@ class FaultProxy:
             self._reset_armed = count
 
     def refuse_next(self, count: int = 1) -> None:
-        """RST the next ``count`` new client connections at once (a connect that fails fast)."""
+        """Hang up on the next ``count`` new client connections at once, the way a server at
+        its connection limit does: the client connects, then reads EOF, and fails fast. (Not
+        an RST: that can land before the client sees its connect complete, and a connect
+        call that fails is retried silently by some clients, nats-py among them.)"""
         with self._cond:
             self._refuse_armed = count
 
@@ -145,7 +148,7 @@ class FaultProxy:
                 self.refusals_fired += 1
                 self._cond.notify_all()
         if refuse:
-            _reset(client)
+            _shut(client)
             return
         try:
             upstream = socket.create_connection((self.upstream_host, self.upstream_port), timeout=2)
