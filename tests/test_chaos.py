@@ -163,6 +163,25 @@ def test_a_lost_ack_is_retried_alone(stack, web, redis_direct, platform, patched
     assert not said(outcome, "Acknowledged again at once"), "a re-ack past the run's ack time breaks the fit"
 
 
+def test_an_ack_whose_connect_is_refused_is_acked_again_at_once(stack, web, redis_direct, platform, patched):
+    """The ack helper's connection is hung up on at once (a NATS server at its connection
+    limit): the host connects without reconnects, so the ack fails fast and leaves the
+    run's ack time nearly whole. The task acks again inline, and no Celery retry (which
+    waits behind every result queued meanwhile) is needed."""
+    proxy = FaultProxy("127.0.0.1", stack.nats.port)
+    proxy.start()
+    try:
+        workers = patched(NATS_URL=f"nats://127.0.0.1:{proxy.port}")
+        outcome = run(stack, web, redis_direct, platform, lambda: proxy.refuse_next(count=1), workers)
+        assert proxy.refusals_fired == 1
+    finally:
+        proxy.stop()
+    assert_nothing_lost(outcome)
+    assert said(outcome, "Transient nats error while acknowledging the task")
+    assert said(outcome, "Acknowledged again at once (attempt 2); no images lost.")
+    assert not said(outcome, "Recovered from a transient nats error"), "no Celery retry was needed"
+
+
 def test_genuine_state_loss_fails_accurately(stack, web, redis_direct, platform, patched):
     workers = patched()
     job_ids = []

@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 TICK = 0.25  # seconds between ticks while nothing happens
 CONSUMING_WAIT = 5.0  # a resumed worker re-subscribes asynchronously: give it this long
 CONSUMING_RECHECK = 2.0  # then look again: consuming at first and dropped soon after is catatonic
+# While some worker does not consume, ask again this often: the figure (and its critical
+# alert) clears once the workers are fixed, not only at the next resume.
+CONSUMING_FOLLOW_UP = 30.0
 
 Emit = Callable[[str, str, str], None]  # (type Normal/Warning, reason, message)
 
@@ -65,6 +68,7 @@ class GuardRuntime:
         self._written: dict | None = None
         self._labels = {"namespace": namespace, "guard": name}
         self._blip_dependencies: dict[str, str] = {}  # blip id -> dependency, for reports after it ended
+        self._consuming_follow_up = 0.0  # monotonic time of the next look at workers not consuming
 
     # -- inputs ------------------------------------------------------------------
     def watches(self, namespace: str, labels: dict) -> list[WatchedDependency]:
@@ -143,6 +147,8 @@ class GuardRuntime:
                 now = time.time()
                 await self.handle(HeldResultsDrained(now) if remaining == 0 else HeldResultsDraining(now, remaining))
                 return
+        if isinstance(event, Tick) and self.obs.not_consuming and self.state.blip is None:
+            await self._follow_up_consuming()
         await self.write_status()
 
     async def _held_remaining(self) -> int:
@@ -276,12 +282,29 @@ class GuardRuntime:
             self._broadcast("status", False)
             return
         self._broadcast("status", True)
-        self.obs.not_consuming = missing
-        metrics.WORKERS_NOT_CONSUMING.labels(**self._labels).set(len(missing))
+        self._set_not_consuming(missing)
+        self._consuming_follow_up = time.monotonic() + CONSUMING_FOLLOW_UP
         if missing:
             self.emit("Warning", "WorkersNotConsuming",
                       f"[{blip_id}] after the resume these workers do not consume their result queue "
                       f"(restart them): {'; '.join(missing)}")
+
+    async def _follow_up_consuming(self) -> None:
+        """Workers named as not consuming, asked again: cleared once they consume (restarted,
+        say), or once they are gone from the fleet."""
+        if time.monotonic() < self._consuming_follow_up or self.celery is None:
+            return
+        self._consuming_follow_up = time.monotonic() + CONSUMING_FOLLOW_UP
+        missing = await self._missing_consumers(until_all=False)
+        if missing is None or missing == self.obs.not_consuming:
+            return
+        self._set_not_consuming(missing)
+        if not missing:
+            self.emit("Normal", "WorkersConsuming", "every worker that answered consumes its result queues again")
+
+    def _set_not_consuming(self, missing: list[str]) -> None:
+        self.obs.not_consuming = missing
+        metrics.WORKERS_NOT_CONSUMING.labels(**self._labels).set(len(missing))
 
     async def _missing_consumers(self, until_all: bool) -> list[str] | None:
         deadline = time.monotonic() + CONSUMING_WAIT

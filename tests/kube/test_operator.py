@@ -13,7 +13,7 @@ from blipguard.app_patch.pause import client as fleet
 from blipguard.localstack.guard_operator import OPERATOR_SA, OperatorProcess, guard_path, operator_kubeconfig
 from blipguard.localstack.procs import wait_until
 from blipguard.localstack.sentry_sink import SentrySink
-from blipguard.operator import crd, rbac
+from blipguard.operator import crd, rbac, runtime
 from blipguard.operator.kube_setup import install_crd
 
 pytestmark = [pytest.mark.operator, pytest.mark.kube]
@@ -398,6 +398,14 @@ def test_a_worker_that_stops_consuming_after_the_resume_is_named(
         assert operator.metric("blipguard_operator_workers_not_consuming", namespace=namespace, guard="fleet") == 1
     finally:
         app.control.add_consumer(platform.result_queue, destination=[catatonic], reply=True, timeout=2)
+    # Fixed: the figure and its critical alert clear without waiting for another blip.
+    wait_until(lambda: operator.metric("blipguard_operator_workers_not_consuming", namespace=namespace,
+                                       guard="fleet") == 0,
+               runtime.CONSUMING_FOLLOW_UP + 15, "the operator to see the worker consume again")
+    wait_until(lambda: {c["type"]: c["status"] for c in guard_status(kube, namespace)["conditions"]}["Consuming"]
+               == "True", 10, "the Consuming condition back to True")
+    assert wait_event(kube, namespace, "WorkersConsuming") == [
+        "every worker that answered consumes its result queues again"]
 
 
 def test_bad_setups_show_in_status_and_other_guards_keep_working(

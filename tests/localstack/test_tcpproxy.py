@@ -59,6 +59,19 @@ def test_reset_next_any_chunk_count(proxy: FaultProxy) -> None:
     assert clients[0].get("x") is None  # disarmed: traffic flows again
 
 
+def test_refuse_next_fails_new_connections_fast_and_spares_open_ones(proxy: FaultProxy) -> None:
+    open_client = no_retry_client(proxy)
+    assert open_client.ping()
+    proxy.refuse_next(count=1)
+    t0 = time.monotonic()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        no_retry_client(proxy, socket_connect_timeout=5, socket_timeout=5).ping()
+    assert time.monotonic() - t0 < 1.0, "refused at once, not timed out"
+    assert proxy.refusals_fired == 1
+    assert open_client.ping(), "connections already open are left alone"
+    assert no_retry_client(proxy).ping(), "disarmed after count connections"
+
+
 def test_stall_times_out_short_socket_timeout(proxy: FaultProxy) -> None:
     client = no_retry_client(proxy, socket_timeout=0.5)
     patient = no_retry_client(proxy, socket_timeout=5)

@@ -1,4 +1,4 @@
-"""Thread-based TCP proxy with injectable faults (in-flight reset, reply stall)."""
+"""Thread-based TCP proxy with injectable faults (in-flight reset, refused connection, reply stall)."""
 
 from __future__ import annotations
 
@@ -59,11 +59,13 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.port = 0
         self.resets_fired = 0
+        self.refusals_fired = 0
         self._listener: socket.socket | None = None
         self._pairs: set[_Pair] = set()
         self._cond = threading.Condition()
         self._reset_armed = 0
         self._reset_match: bytes | None = None
+        self._refuse_armed = 0
         self._stall_until = 0.0
         self._stall_match: bytes | None = None
         self._running = False
@@ -104,6 +106,14 @@ class FaultProxy:
             self._reset_match = match
             self._reset_armed = count
 
+    def refuse_next(self, count: int = 1) -> None:
+        """Hang up on the next ``count`` new client connections at once, the way a server at
+        its connection limit does: the client connects, then reads EOF, and fails fast. (Not
+        an RST: that can land before the client sees its connect complete, and a connect
+        call that fails is retried silently by some clients, nats-py among them.)"""
+        with self._cond:
+            self._refuse_armed = count
+
     def wait_fired(self, timeout: float) -> bool:
         """Wait until every armed reset happened."""
         with self._cond:
@@ -131,6 +141,15 @@ class FaultProxy:
             threading.Thread(target=self._open, args=(client,), daemon=True).start()
 
     def _open(self, client: socket.socket) -> None:
+        with self._cond:
+            refuse = self._refuse_armed > 0
+            if refuse:
+                self._refuse_armed -= 1
+                self.refusals_fired += 1
+                self._cond.notify_all()
+        if refuse:
+            _shut(client)
+            return
         try:
             upstream = socket.create_connection((self.upstream_host, self.upstream_port), timeout=2)
         except OSError:
